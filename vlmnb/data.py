@@ -330,7 +330,7 @@ def _norm_words(text: str) -> str:
 
 
 def category_synonyms(category: str) -> frozenset[str]:
-    """Every word or phrase that :func:`match_category` maps to ``category`` (plurals excluded)."""
+    """The words and phrases :func:`match_category` maps to ``category`` (singular; plurals match too)."""
     if category not in COCO_CATEGORIES:
         raise ValueError(f"{category!r} is not a COCO category; see vlmnb.data.COCO_CATEGORIES")
     return frozenset({category, *COCO_SYNONYMS.get(category, ())})
@@ -358,8 +358,8 @@ def match_category(phrase: str, categories: Iterable[str] | None = None) -> str 
 
     ``"man"`` -> ``"person"``, ``"bikes"`` -> ``"bicycle"``, ``"a red double-decker bus"`` ->
     ``"bus"``. The longest ending of the phrase (three words, then two, then one) that is a
-    category or one of its synonyms, in the singular or the plural, wins, so ``"teddy bear"`` is not
-    ``"bear"``. With ``categories``, only those are candidates (e.g. the image's own).
+    category or one of its synonyms, in the singular or the plural, wins, so ``"teddy bear"``
+    is not ``"bear"``. With ``categories``, only those are candidates (e.g. the image's own).
     """
     allowed = set(COCO_CATEGORIES if categories is None else categories)
     index = _synonym_index()
@@ -389,7 +389,7 @@ def _annotation_help(where: Path | None) -> str:
     d = str(where) if where is not None else "DIR"
     return (f"Get the official annotation files once (about 250 MB each) and unzip them:\n"
             f"  wget {ANNOTATION_ZIPS[0]}\n"
-            f"  wget {ANNOTATION_ZIPS[1]}   # some of the paper's ids are listed only in 2014 files\n"
+            f"  wget {ANNOTATION_ZIPS[1]}   # optional: for ids the 2017 files do not list\n"
             f"  unzip annotations_trainval2017.zip -d {d}   (and the 2014 zip likewise)\n"
             f"then run:  python -m vlmnb data coco --annotations {d}")
 
@@ -402,6 +402,8 @@ class CocoResolver:
     or ``image_info_*.json``) found in ``annotations_dir`` or its ``annotations/`` subfolder, in
     that order, stopping once every wanted id is found. Only the wanted ids' entries are kept, so
     :meth:`subset` is a small file in the official format that can stand in for the big ones.
+    (Reading ``instances_train2017.json`` takes a few GB of memory for a moment; it happens
+    once, after which :func:`download_coco` works from the cached subset.)
 
     Args:
         annotations_dir: folder with the annotation JSON files.
@@ -744,7 +746,8 @@ class EncodedImage:
 def _mme_help(where: str) -> str:
     return (f"download the benchmark from the Hugging Face hub ({MME_HUB_ID}) with\n"
             f"  hf download {MME_HUB_ID} --repo-type dataset --local-dir {where}\n"
-            f"(older huggingface_hub: huggingface-cli download ...), then load_mme({where!r}) "
+            f"(log in first with `hf auth login` if the hub asks; older huggingface_hub: "
+            f"huggingface-cli download ...), then load_mme({where!r}) "
             f"or check it with: python -m vlmnb data mme --dir {where}")
 
 
