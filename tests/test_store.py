@@ -107,14 +107,14 @@ def test_hard_kill_loses_only_unflushed_units(tmp_path):
 
 
 def test_params_and_versions_stored(tmp_path):
-    with ResultStore(tmp_path / "s", {"seed": 1, "layers": (1, 2)}) as store:
+    with ResultStore(tmp_path / "s", {"seed": 1, "layers": (1, 2), "eps": float("nan")}) as store:
         store.put({"image_id": "x"}, [{"metric": "m", "value": 1}])
     meta = json.loads((tmp_path / "s" / "meta.json").read_text())
-    assert meta["params"] == {"layers": [1, 2], "seed": 1}
+    assert meta["params"]["layers"] == [1, 2] and meta["params"]["seed"] == 1
     for lib in ("torch", "transformers", "vlmnb", "python"):
         assert meta["versions"][lib]
-    # the same parameters written another way (tuple vs list, key order) are the same run
-    with ResultStore(tmp_path / "s", {"layers": [1, 2], "seed": 1}) as store:
+    # the same parameters written another way (tuple vs list, 1 vs 1.0, NaN) are the same run
+    with ResultStore(tmp_path / "s", {"eps": float("nan"), "layers": [1, 2], "seed": 1.0}) as store:
         assert store.has(image_id="x")
         assert not store.has(image_id="y")
 

@@ -213,7 +213,7 @@ def _param_diff(stored: dict, new: dict) -> list[str]:
     out = []
     for k in sorted(set(stored) | set(new)):
         a, b = stored.get(k, "<absent>"), new.get(k, "<absent>")
-        if a != b:
+        if a != b and _canonical(a, k) != _canonical(b, k):  # NaN == NaN here
             out.append(f"{k}: {a!r} (stored) != {b!r} (now)")
     return out
 
