@@ -1,0 +1,202 @@
+"""Token-to-pixel geometry: known boxes per family, and an end-to-end check that the tokens
+whose boxes cover a painted region are exactly the image tokens whose embeddings change."""
+from __future__ import annotations
+
+import copy
+import functools
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vlmnb import spans as S
+from vlmnb import tiny
+
+FAMILIES = [f for f in tiny.FAMILIES if f in tiny._BUILDERS]
+
+
+@functools.lru_cache(maxsize=None)
+def built(family):
+    return tiny.build(family, seed=0)
+
+
+def noise(width, height, seed=0):
+    rng = np.random.RandomState(seed)
+    return Image.fromarray((rng.rand(height, width, 3) * 255).astype(np.uint8))
+
+
+def prep(family, image, prompt="describe the image"):
+    model, processor = built(family)
+    return S.prepare(model, processor, image, prompt)
+
+
+# ----------------------------------------------------------------------------- known boxes
+
+
+def test_llava_token0_is_top_left_patch_of_the_center_crop():
+    # 64x40 -> shortest edge 32 -> 51x32 (int(32 * 64 / 40) = 51) -> center crop 32x32 at x = 9
+    p = prep("llava", noise(64, 40))
+    g = p.geometry
+    sx, sy = 64 / 51, 40 / 32
+    patch = 8
+    assert np.allclose(g.boxes[0], [9 * sx, 0, (9 + patch) * sx, patch * sy])
+    # last token: bottom-right patch of the crop
+    assert np.allclose(g.boxes[-1], [(9 + 24) * sx, 24 * sy, (9 + 32) * sx, 32 * sy])
+    assert g.views[0].rows == g.views[0].cols == 4
+    # the cropped-away left and right strips belong to no token
+    assert g.token_at(2, 20) == [] and g.token_at(63, 20) == []
+    assert g.token_at(int(9 * sx) + 1, 1) == [0]
+
+
+def test_llava_pads_before_crop_when_the_image_is_small():
+    # 20x12: shortest edge 12 -> 32, long side int(32 * 20 / 12) = 53; crop at x = 10
+    p = prep("llava", noise(20, 12))
+    sx = 20 / 53
+    assert np.allclose(p.geometry.boxes[0][[0, 2]], [10 * sx, 18 * sx])
+
+
+def test_qwen_dynamic_grid_boxes():
+    # 60x44: smart_resize to multiples of 8 -> 64x48 (round(7.5) = 8, round(5.5) = 6 columns/rows)
+    for family in ("qwen2_vl", "qwen2_5_vl"):
+        p = prep(family, noise(60, 44))
+        assert p.image_grid_thw[0].tolist() == [1, 12, 16]
+        g = p.geometry
+        grid = g.view()
+        assert (grid.rows, grid.cols) == (6, 8)
+        # token at merged cell (r, c) covers 8x8 processed pixels
+        r, c = 2, 5
+        k = grid.tokens[r, c]
+        sx, sy = 60 / 64, 44 / 48
+        assert np.allclose(g.boxes[k], [c * 8 * sx, r * 8 * sy, (c + 1) * 8 * sx, (r + 1) * 8 * sy])
+        # markers first and last
+        assert np.isnan(g.boxes[0]).all() and np.isnan(g.boxes[-1]).all()
+
+
+# ----------------------------------------------------------------------------- generic properties
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("size", [(56, 40), (30, 70)])
+def test_boxes_inside_image_and_views_consistent(family, size):
+    p = prep(family, noise(*size))
+    g = p.geometry
+    W, H = size
+    ok = g.has_box
+    assert ok.sum() > 0
+    b = g.boxes[ok]
+    assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all() and (b[:, 2] <= W + 1e-9).all() and (b[:, 3] <= H + 1e-9).all()
+    assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
+    # every token with a box is in exactly one view; views' tokens have boxes
+    counted = np.concatenate([v.token_indices for v in g.views])
+    assert sorted(counted) == sorted(np.flatnonzero(ok))
+    # each view's grid is laid out left-to-right, top-to-bottom in its region
+    for v in g.views:
+        centers = g.centers()
+        grid_x = g.to_grid(centers[:, 0], view=v.name)
+        grid_y = g.to_grid(centers[:, 1], view=v.name)
+        with np.errstate(invalid="ignore"):
+            assert np.all(np.nan_to_num(np.diff(grid_x, axis=1), nan=1) > 0)
+            assert np.all(np.nan_to_num(np.diff(grid_y, axis=0), nan=1) > 0)
+        x0, y0, x1, y1 = v.region
+        vb = g.boxes[v.token_indices]
+        assert (vb[:, 0] >= x0 - 1e-9).all() and (vb[:, 2] <= x1 + 1e-9).all()
+        assert (vb[:, 1] >= y0 - 1e-9).all() and (vb[:, 3] <= y1 + 1e-9).all()
+    # every pixel is seen by at least one token of the overview (LLaVA-1.5 crops the sides away)
+    overview = g.view()
+    corners = [(0, 0), (W - 1, H - 1)] if family != "llava" else []
+    for x, y in corners + [(W // 2, H // 3)]:
+        hits = g.token_at(x, y)
+        assert set(hits) & set(overview.token_indices), (x, y)
+
+
+def test_geometry_helpers():
+    p = prep("llava", noise(32, 32))
+    g = p.geometry
+    values = np.arange(len(g.boxes), dtype=float)
+    grid = g.to_grid(values)
+    assert grid.shape == (4, 4) and grid[0, 1] == 1 and grid[3, 3] == 15
+    painted = g.paint(values)
+    assert painted.shape == (32, 32) and painted[0, 9] == 1 and painted[31, 31] == 15
+    assert np.allclose(g.centers()[0], [4, 4])
+    with pytest.raises(ValueError, match="outside"):
+        g.token_at(32, 0)
+    with pytest.raises(ValueError, match="one per image-span token"):
+        g.to_grid(values[:-1])
+    with pytest.raises(ValueError, match="no view"):
+        g.view("thumbnail")
+
+
+# ----------------------------------------------------------------------------- painted square, end to end
+
+
+def _local_copy(family):
+    """The family's tiny model with every linear map inside its vision encoder's transformer
+    layers zeroed: the residual layers become the identity, so each image feature depends only
+    on its own patches (patch embedding, merging, pooling and projection stay as they are)."""
+    model, processor = built(family)
+    model = copy.deepcopy(model)
+    emptied = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and ("vision" in name or "visual" in name) \
+                and name.rsplit(".", 1)[-1] in ("layers", "layer", "blocks"):
+            for sub in module.modules():
+                if isinstance(sub, torch.nn.Linear):
+                    torch.nn.init.zeros_(sub.weight)
+                    if sub.bias is not None:
+                        torch.nn.init.zeros_(sub.bias)
+            emptied += 1
+    assert emptied == 1, f"expected one vision layer list in {family}, found {emptied}"
+    return model, processor
+
+
+def _image_rows(model, prepared):
+    """The embeddings the language model receives at the image-span positions."""
+    captured = {}
+    lm = model.model.language_model
+
+    def hook(module, args, kwargs):
+        captured["embeds"] = kwargs["inputs_embeds"].detach().clone()
+
+    handle = lm.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(**prepared.inputs)
+    finally:
+        handle.remove()
+    return captured["embeds"][0, prepared.spans.image].numpy()
+
+
+PAINT_CASES = [((56, 40), (10, 6, 30, 22)), ((40, 72), (24, 40, 40, 72))]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("size,rect", PAINT_CASES)
+def test_painted_region_changes_exactly_the_tokens_that_cover_it(family, size, rect):
+    model, processor = _local_copy(family)
+    W, H = size
+    base = np.full((H, W, 3), 120, dtype=np.uint8)
+    painted = base.copy()
+    x0, y0, x1, y1 = rect
+    painted[y0:y1, x0:x1] = (250, 10, 30)
+    a = S.prepare(model, processor, Image.fromarray(base), "describe the image")
+    b = S.prepare(model, processor, Image.fromarray(painted), "describe the image")
+    assert np.array_equal(a.spans.image, b.spans.image)
+    changed = np.abs(_image_rows(model, a) - _image_rows(model, b)).max(axis=1) > 1e-5
+    g = a.geometry
+    boxes = g.boxes
+    has = g.has_box
+    # resampling filters spread the paint by a few processed pixels: allow a margin of a quarter
+    # token around the rectangle
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    with np.errstate(invalid="ignore"):
+        overlap_x = np.minimum(boxes[:, 2], x1) - np.maximum(boxes[:, 0], x0)
+        overlap_y = np.minimum(boxes[:, 3], y1) - np.maximum(boxes[:, 1], y0)
+        covers = has & (overlap_x > w / 4) & (overlap_y > h / 4)
+        far = has & ((overlap_x < -w / 4) | (overlap_y < -h / 4))
+    assert covers.sum() > 0 and far.sum() > 0
+    assert changed[covers].all(), f"tokens covering the paint did not change: {np.flatnonzero(covers & ~changed)}"
+    assert not changed[far].any(), f"tokens away from the paint changed: {np.flatnonzero(far & changed)}"
+    # structure tokens (markers, newlines) never depend on the pixels
+    assert not changed[~has].any()

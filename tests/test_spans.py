@@ -1,0 +1,139 @@
+"""Spans of prepared inputs for every family's tiny model: partition, image span contents,
+query text, rendering rules and errors."""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlmnb import spans as S
+from vlmnb import tiny
+
+FAMILIES = [f for f in tiny.FAMILIES if f in tiny._BUILDERS]
+
+
+@functools.lru_cache(maxsize=None)
+def built(family):
+    return tiny.build(family, seed=0)
+
+
+def noise(width, height, seed=0):
+    rng = np.random.RandomState(seed)
+    return Image.fromarray((rng.rand(height, width, 3) * 255).astype(np.uint8))
+
+
+@pytest.fixture(params=FAMILIES)
+def prepared(request):
+    model, processor = built(request.param)
+    return S.prepare(model, processor, noise(56, 40), "describe the red circle"), model, processor
+
+
+def test_spans_partition_the_prompt(prepared):
+    prep, _, _ = prepared
+    n = prep.input_ids.shape[1]
+    s = prep.spans
+    joined = np.concatenate([s.system, s.image, s.query])
+    assert np.array_equal(joined, np.arange(n))
+    assert len(s.generated) == 0
+    assert s.prompt_length == n
+    assert all(len(s.positions(name)) > 0 for name in ("system", "image", "query"))
+
+
+def test_image_span_is_image_tokens_plus_structure(prepared):
+    prep, model, processor = prepared
+    ids = prep.input_ids[0].numpy()
+    img_id = S.image_token_id(model.config)
+    image_ids = ids[prep.spans.image]
+    # every image token is inside the image span, none outside it
+    assert (ids == img_id).sum() == (image_ids == img_id).sum()
+    # the span starts and ends with an image token or a family marker
+    markers = S._marker_ids(prep.family, model.config, processor)
+    assert image_ids[0] in markers | {img_id} and image_ids[-1] in markers | {img_id}
+    # non-image-token positions of the span are structure tokens without a box
+    structure = image_ids != img_id
+    assert np.isnan(prep.geometry.boxes[structure]).all()
+    assert len(prep.geometry.boxes) == len(prep.spans.image)
+
+
+def test_query_holds_the_prompt_words_and_the_generation_prompt(prepared):
+    prep, _, processor = prepared
+    tok = processor.tokenizer
+    query = tok.decode(prep.input_ids[0, prep.spans.query])
+    assert "describe the red circle" in query
+    system = tok.decode(prep.input_ids[0, prep.spans.system])
+    assert "describe" not in system
+    # the template's generation prompt (the assistant role) is the end of the query
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}]
+    with_gen = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    without = processor.apply_chat_template(messages, add_generation_prompt=False, tokenize=False)
+    gen_prompt = with_gen[len(without):] if with_gen.startswith(without) else with_gen[-10:]
+    assert gen_prompt.strip()
+    assert query.rstrip().endswith(gen_prompt.strip())
+
+
+def test_inputs_are_attributes_and_run_the_model(prepared):
+    prep, model, _ = prepared
+    assert prep.input_ids is prep.inputs["input_ids"]
+    with pytest.raises(AttributeError):
+        prep.not_an_input
+    import torch
+
+    with torch.no_grad():
+        out = model(**prep.inputs)
+    assert out.logits.shape[1] == prep.input_ids.shape[1]
+
+
+def test_spans_helpers():
+    s = S.Spans(system=[0, 1], image=[2, 3, 4], query=[5])
+    assert s.lengths() == {"system": 2, "image": 3, "query": 1, "generated": 0}
+    g = s.with_generated([6, 7])
+    assert list(g.generated) == [6, 7] and len(s.generated) == 0
+    assert g.span_of(3) == "image" and g.span_of(7) == "generated"
+    with pytest.raises(ValueError, match="unknown span"):
+        s.positions("images")
+
+
+def test_detect_family_names_supported_list():
+    model, _ = built("llava")
+    assert S.detect_family(model.config) == "llava"
+
+    class Config:
+        model_type = "blip_2"
+
+    with pytest.raises(ValueError, match="blip_2.*llava.*gemma3"):
+        S.detect_family(Config())
+
+
+def test_prompt_without_image_token_is_a_clear_error():
+    model, processor = built("llava")
+    text_only = "{% for m in messages %}USER: {% for p in m['content'] if p['type'] == 'text' %}{{ p['text'] }}{% endfor %}{% endfor %} ASSISTANT:"
+    saved = processor.chat_template
+    try:
+        processor.chat_template = text_only
+        with pytest.raises(ValueError, match="no image placeholder"):
+            S.prepare(model, processor, noise(32, 32), "describe the image")
+    finally:
+        processor.chat_template = saved
+    with pytest.raises(ValueError, match="no image token"):
+        S.compute_spans([1, 2, 3], image_token=9)
+
+
+def test_preformatted_prompt_is_used_verbatim():
+    model, processor = built("llava")
+    prep = S.prepare(model, processor, noise(32, 32), "USER: <image>\nWhat is this? ASSISTANT:")
+    assert prep.text == "USER: <image>\nWhat is this? ASSISTANT:"
+    assert "What is this?" in processor.tokenizer.decode(prep.input_ids[0, prep.spans.query])
+
+
+def test_image_path_and_array_inputs(tmp_path):
+    model, processor = built("llava")
+    img = noise(40, 30)
+    img.save(tmp_path / "a.png")
+    a = S.prepare(model, processor, tmp_path / "a.png", "describe")
+    b = S.prepare(model, processor, np.asarray(img), "describe")
+    assert np.array_equal(a.pixel_values.numpy(), b.pixel_values.numpy())
+    assert a.geometry.image_size == (40, 30)
+    with pytest.raises(FileNotFoundError):
+        S.prepare(model, processor, tmp_path / "missing.png", "describe")

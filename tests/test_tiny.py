@@ -1,0 +1,100 @@
+"""Tiny random models: real classes, deterministic in the seed, offline save/load round trip."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vlmnb import spans as S
+from vlmnb import tiny
+
+FAMILIES = [f for f in tiny.FAMILIES if f in tiny._BUILDERS]
+
+MODEL_CLASSES = {
+    "llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration",
+    "llava_onevision": "LlavaOnevisionForConditionalGeneration", "qwen2_vl": "Qwen2VLForConditionalGeneration",
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration", "internvl": "InternVLForConditionalGeneration",
+    "idefics3": "Idefics3ForConditionalGeneration", "smolvlm": "SmolVLMForConditionalGeneration",
+    "gemma3": "Gemma3ForConditionalGeneration",
+}
+
+
+def noise(width, height, seed=0):
+    rng = np.random.RandomState(seed)
+    return Image.fromarray((rng.rand(height, width, 3) * 255).astype(np.uint8))
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_build_is_tiny_real_and_seeded(family):
+    model, processor = tiny.build(family, seed=0)
+    assert type(model).__name__ == MODEL_CLASSES[family]
+    assert S.detect_family(model.config) == family
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params < 2_000_000
+    again, _ = tiny.build(family, seed=0)
+    other, _ = tiny.build(family, seed=1)
+    a, b, c = _state(model), _state(again), _state(other)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a if a[k].numel() > 1)
+    # the global RNG is not disturbed by building
+    torch.manual_seed(123)
+    x = torch.rand(3)
+    torch.manual_seed(123)
+    tiny.build(family, seed=5)
+    assert torch.equal(torch.rand(3), x)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_image_changes_the_output(family):
+    model, processor = tiny.build(family, seed=0)
+    outs = []
+    for seed in (0, 1):
+        prep = S.prepare(model, processor, noise(48, 40, seed), "describe the image")
+        with torch.no_grad():
+            outs.append(model(**prep.inputs).logits[0, -1])
+    assert (outs[0] - outs[1]).abs().max() > 1e-4
+
+
+def test_unknown_family_and_bad_size():
+    with pytest.raises(ValueError, match="unknown family"):
+        tiny.build("blip2")
+    with pytest.raises(ValueError, match="multiple of 16"):
+        tiny.build("llava", image_size=30)
+
+
+def test_image_size_scales_the_views():
+    model, processor = tiny.build("llava", image_size=48)
+    prep = S.prepare(model, processor, noise(48, 48), "describe")
+    assert prep.pixel_values.shape[-1] == 48
+    assert prep.geometry.views[0].rows == 4
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_save_and_load_offline_with_auto_classes(family, tmp_path, monkeypatch):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tiny.save(family, tmp_path / family, seed=3)
+    model, processor = tiny.build(family, seed=3)
+    loaded = AutoModelForImageTextToText.from_pretrained(folder, local_files_only=True)
+    loaded_proc = AutoProcessor.from_pretrained(folder, local_files_only=True)
+    assert type(loaded).__name__ == type(model).__name__
+    assert type(loaded_proc).__name__ == type(processor).__name__
+    image = noise(50, 36)
+    a = S.prepare(model, processor, image, "describe the image")
+    b = S.prepare(loaded, loaded_proc, image, "describe the image")
+    assert a.text == b.text
+    assert torch.equal(a.input_ids, b.input_ids)
+    assert np.array_equal(a.spans.image, b.spans.image)
+    assert np.allclose(a.geometry.boxes, b.geometry.boxes, equal_nan=True)
+    with torch.no_grad():
+        la = model(**a.inputs).logits
+        lb = loaded.eval()(**b.inputs).logits
+    assert torch.allclose(la, lb, atol=1e-5)
+    gen = loaded.generate(**b.inputs, max_new_tokens=4)
+    assert gen.shape[1] == b.input_ids.shape[1] + 4 or loaded_proc.tokenizer.eos_token_id in gen[0].tolist()
