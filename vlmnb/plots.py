@@ -58,9 +58,9 @@ def style():
 
 
 def figure(nrows: int = 1, ncols: int = 1, height: float = 3.6, **kw):
-    """A book-width figure with ``nrows x ncols`` axes."""
-    with style():
-        return plt.subplots(nrows, ncols, figsize=(BOOK_WIDTH, height), **kw)
+    """A book-width figure with ``nrows x ncols`` axes, in the book's style."""
+    use_style()
+    return plt.subplots(nrows, ncols, figsize=(BOOK_WIDTH, height), **kw)
 
 
 def paper_line(ax, y: float, label: str, orientation: str = "h", **kw):
@@ -104,3 +104,93 @@ def image_heatmap(ax, image, geometry, values, *, view: int | None = None, alpha
     if title:
         ax.set_title(title)
     return ax
+
+
+# ----------------------------------------------------------------------------- chapter 1
+def fractions_by_layer(fractions, title: str = "", paper_bands: dict | None = None):
+    """Fig. 1 style: per layer, the distribution over images of each span's attention share.
+
+    ``fractions``: tidy frame with image_id, layer, span, fraction (see vlmnb.fractions).
+    Lines are the mean over images, bands the 10-90% range. ``paper_bands`` (name ->
+    (first, last) layer in *this* model's depth) shades the paper's layer bands for reference.
+    """
+    fig, ax = figure(height=3.8)
+    for span, color in SPAN_COLORS.items():
+        sub = fractions[fractions.span == span]
+        if sub.empty:
+            continue
+        g = sub.groupby("layer").fraction
+        layers = np.asarray(g.mean().index)
+        ax.plot(layers, g.mean().to_numpy(), color=color, lw=2, label=span)
+        ax.fill_between(layers, g.quantile(0.1).to_numpy(), g.quantile(0.9).to_numpy(), color=color, alpha=0.2)
+    for name, (lo, hi) in (paper_bands or {}).items():
+        ax.axvspan(lo - 0.5, hi + 0.5, color=PAPER_COLOR, alpha=0.07)
+        ax.text((lo + hi) / 2, 1.01, f"paper: {name}", ha="center", va="bottom", fontsize=8,
+                color=PAPER_COLOR, transform=ax.get_xaxis_transform())
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("share of attention (0-1)")
+    ax.set_ylim(0, 1)
+    ax.legend(ncol=4, loc="upper right")
+    if title:
+        ax.set_title(title, pad=14)
+    return fig
+
+
+def token_vs_attention(shares, paper_query_tokens: float = 0.05, paper_query_attention: float = 0.60):
+    """Each span's share of the tokens beside its share of the attention, paper thresholds dashed."""
+    fig, ax = figure(height=3.2)
+    spans = [s for s in shares.index if np.isfinite(shares.loc[s, "attention share"])]
+    x = np.arange(len(spans))
+    ax.bar(x - 0.2, shares.loc[spans, "token share"], 0.4, color="#bdbdbd", label="share of tokens")
+    ax.bar(x + 0.2, shares.loc[spans, "attention share"], 0.4,
+           color=[SPAN_COLORS[s] for s in spans], label="share of attention")
+    qx = spans.index("query") if "query" in spans else None
+    if qx is not None:
+        ax.plot([qx - 0.4, qx], [paper_query_tokens] * 2, color=PAPER_COLOR, ls="--", lw=1.5,
+                label=f"paper (query): < {paper_query_tokens:.0%} of tokens")
+        ax.plot([qx, qx + 0.4], [paper_query_attention] * 2, color=PAPER_COLOR, ls=":", lw=1.5,
+                label=f"paper (query): > {paper_query_attention:.0%} of attention")
+    ax.set_xticks(x, spans)
+    ax.set_ylabel("share (0-1)")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
+def layer_maps(image, geometry, maps, layers, ncols: int = 4, title: str = ""):
+    """Fig. 4 style: one attention map over the image per layer (each on its own colour scale)."""
+    layers = list(layers)
+    nrows = int(np.ceil((len(layers) + 1) / ncols))
+    fig, axes = figure(nrows, ncols, height=1.9 * nrows)
+    axes = np.atleast_1d(axes).ravel()
+    axes[0].imshow(image)
+    axes[0].set_title("image")
+    axes[0].axis("off")
+    for ax, layer in zip(axes[1:], layers):
+        image_heatmap(ax, image, geometry, maps[layer], title=f"layer {layer}", alpha=0.75)
+    for ax in axes[len(layers) + 1:]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def attention_histograms(values_by_layer: dict, ncols: int = 4, bins: int = 40):
+    """Fig. 8 style: per layer, histogram of attention values to image tokens (log counts)."""
+    layers = list(values_by_layer)
+    nrows = int(np.ceil(len(layers) / ncols))
+    fig, axes = figure(nrows, ncols, height=1.8 * nrows, sharey=True)
+    axes = np.atleast_1d(axes).ravel()
+    for ax, layer in zip(axes, layers):
+        v = np.asarray(values_by_layer[layer])
+        ax.hist(v, bins=bins, color=SPAN_COLORS["image"])
+        ax.set_yscale("log")
+        ax.set_title(f"layer {layer}", fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(layers):]:
+        ax.axis("off")
+    fig.supxlabel("attention to one image token (head- and step-averaged)")
+    fig.supylabel("image tokens (count, log)")
+    fig.tight_layout()
+    return fig
