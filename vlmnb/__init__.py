@@ -20,7 +20,8 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS = {
     # engine
-    "load": "models", "VLM": "models", "Prepared": "models", "Generation": "models",
+    "load": "models", "VLM": "models", "Prepared": "spans", "Generation": "models",
+    "ModelNotAvailable": "models", "Intervention": "models",
     "Spans": "spans", "Geometry": "spans",
     "Knockout": "knockout", "from_layer": "knockout", "outside": "knockout",
     "Record": "record", "Recording": "record",
