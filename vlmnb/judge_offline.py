@@ -44,7 +44,8 @@ sky cloud clouds weather sun sunlight sunshine moonlight light lighting shadow s
 background foreground scene setting view landscape scenery surroundings environment atmosphere
 area space place spot surface air horizon distance day night daytime evening morning afternoon
 sunset sunrise dusk dawn rain snow fog mist haze road street roadway pavement water sea ocean lake
-harbour harbor port marina bay kitchen bathroom bedroom living_room dining_room office classroom
+harbour harbor port marina bay lane path trail highway alley avenue boulevard driveway
+track runway living_room blue_sky kitchen bathroom bedroom living_room dining_room office classroom
 river field grass lawn land terrain outdoors indoors outside inside interior exterior room
 wall ceiling city town neighborhood neighbourhood countryside park beach shore coast desert
 forest woods nature hillside hill mountain mountains sand dirt mud ice weather vegetation
@@ -57,13 +58,14 @@ top bottom side front back middle center centre corner edge left right end part 
 portion section piece detail details element elements feature features thing things object
 objects item items stuff kind sort type variety color colour shade shape size pattern design
 texture style number lot couple amount mix mixture collection array assortment series
-display arrangement composition moment activity action sense feeling mood atmosphere
+display arrangement composition moment activity action sense feeling mood atmosphere subject
+focus attention
 """.split())
 # "a group of people": the head is what is counted, not the quantity word.
 QUANTITY_HEADS = set("""
 group groups pair pairs bunch bunches couple herd flock crowd number lot lots variety set sets
 pile piles stack stacks row rows line lines collection assortment array handful dozen few
-several plenty slice slices piece pieces bit bits cluster clusters team bundle
+several plenty slice slices piece pieces bit bits cluster clusters team bundle bale bales
 """.split())
 # Words that are never the head of an object chunk in a description.
 FUNCTION_WORDS = set("""
@@ -226,7 +228,8 @@ def wordnet() -> WordNetNouns:
 # Physical things that WordNet files under communication or substance.
 PHYSICAL_EXTRA = {"sign", "traffic_light", "street_sign", "poster", "menu", "newspaper", "magazine",
                   "map", "banner", "billboard", "label", "sticker", "paper", "letter", "card",
-                  "ticket", "envelope", "mug", "photo", "photograph", "painting", "drawing"}
+                  "ticket", "envelope", "mug", "photo", "photograph", "painting", "drawing",
+                  "calendar", "book", "notebook", "document", "placard", "plaque", "crowd", "audience"}
 
 _SUFFIX_RULES = (("ies", "y"), ("ves", "f"), ("ves", "fe"), ("ses", "s"), ("xes", "x"), ("zes", "z"),
                  ("ches", "ch"), ("shes", "sh"), ("men", "man"), ("oes", "o"), ("es", "e"), ("s", ""))
@@ -290,12 +293,12 @@ def _verb_usage(word: str) -> int:
 
 
 def _is_physical(lemma: str, wn: WordNetNouns, strict: bool = False) -> bool:
-    """Whether one of the first senses is a physical thing. ``strict`` (a bare word with no
-    determiner, e.g. "... grey and overcast") looks at the first sense only."""
+    """Whether one of the first four senses is a physical thing. ``strict`` (a bare word with
+    no determiner, e.g. "... grey and overcast") looks at the first two only."""
     if lemma in PHYSICAL_EXTRA:
         return True
     physical = PHYSICAL_LEXFILES | {"noun.Tops"}
-    return any(ln in physical for ln in wn.lexnames(lemma, 1 if strict else 4))
+    return any(ln in physical for ln in wn.lexnames(lemma, 2 if strict else 4))
 
 
 # --------------------------------------------------------------------------------------
@@ -320,73 +323,134 @@ a an the this that these those some any each every another his her its their our
 one two three four five six seven eight nine ten eleven twelve several many few various multiple
 numerous both
 """.split())
+# "a cup without a handle": what follows is absent, not described
+NEGATORS = {"no", "without", "nothing", "none", "nor", "not"}
+# function words that are also concrete nouns right after a determiner ("a can of soda")
+NOUN_AFTER_DETERMINER = {"can"}
 
 
 def _chunks(tokens: list[str], wn: WordNetNouns) -> list[tuple[list[str], bool]]:
     """Split into candidate noun chunks: runs of content words between boundaries. Each chunk
-    comes with whether a determiner or number opened it."""
+    comes with whether a determiner or number opened it. Chunks after a negation are dropped."""
     chunks: list[tuple[list[str], bool]] = []
     current: list[str] = []
-    after_det = False
+    after_det = negated = False
+    prev = ""
 
     def close():
-        nonlocal current
-        if current:
+        nonlocal current, negated
+        if current and not negated:
             chunks.append((current, after_det))
+        if current:
+            negated = False
         current = []
 
     for tok in tokens:
-        if not tok[0].isalpha() or tok in FUNCTION_WORDS or tok in DETERMINERS:
+        boundary = not tok[0].isalpha() or tok in FUNCTION_WORDS or tok in DETERMINERS
+        if tok in NOUN_AFTER_DETERMINER and prev in DETERMINERS:
+            boundary = False
+        if boundary:
             close()
-            after_det = tok in DETERMINERS or tok.isdigit()
-            continue
-        if current and tok not in ATTRIBUTE_WORDS and _reads_as_verb(current[-1], tok, wn):
+            if tok in NEGATORS:
+                negated = True
+            elif not tok[0].isalpha():
+                negated = False
+            after_det = tok in DETERMINERS or tok.isdigit() or (after_det and not current and tok in NEGATORS)
+        elif current and _reads_as_verb(current[-1], tok, wn):
             close()
             after_det = False
-            continue
-        current.append(tok)
+        else:
+            current.append(tok)
+        prev = tok
     close()
     return chunks
+
+
+def _is_plural(word: str, wn: WordNetNouns) -> bool:
+    if word in KEEP_PLURAL or word in ("people", "folks") or word in wn.exceptions:
+        return True
+    return word.endswith("s") and not word.endswith(("ss", "us", "is")) and _noun_lemma(word, wn) != word
 
 
 def _reads_as_verb(prev: str, tok: str, wn: WordNetNouns) -> bool:
     """Whether ``tok`` after the content word ``prev`` is a verb that ends a noun chunk
     ("a dog runs", "a man riding", "hills rise") rather than part of it ("stop sign")."""
+    if tok in ATTRIBUTE_WORDS:
+        return False
+    prev_lemma = _noun_lemma(prev, wn)
+    if prev in ATTRIBUTE_WORDS or not wn.is_noun(prev_lemma):
+        return False  # after an adjective comes a noun ("a long blue dress")
     lemma = _noun_lemma(tok, wn)
-    if wn.is_noun(f"{_noun_lemma(prev, wn)}_{lemma}") or wn.is_noun(f"{prev}_{lemma}"):
+    if wn.is_noun(f"{prev_lemma}_{lemma}") or wn.is_noun(f"{prev}_{lemma}"):
         return False
     noun_use = wn.pos_counts(lemma).get("n", 0) if wn.is_noun(lemma) else -1
     verb_use = _verb_usage(tok)
-    prev_plural = _noun_lemma(prev, wn) != prev and prev.endswith("s")
-    if tok.endswith(("s", "ing", "ed")) or prev_plural:
+    third_person = tok.endswith("s") and not tok.endswith(("ss", "us", "is"))
+    if tok.endswith(("ing", "ed")) or third_person or _is_plural(prev, wn):
         # English compounds have singular modifiers and bare heads: an inflected word, or any
         # word after a plural noun, is a verb when it is used more often as one
         if noun_use < 0:
             return verb_use > 0 or tok.endswith(("ing", "ed"))
+        if third_person and not _is_plural(prev, wn) and _is_agent(prev_lemma, wn):
+            # "a cook slices", "a seagull perches": people and animals do things
+            return 2 * verb_use >= noun_use and verb_use > 0
         return verb_use > noun_use
     return False
 
 
+def _is_agent(lemma: str, wn: WordNetNouns) -> bool:
+    return any(ln in ("noun.person", "noun.animal") for ln in wn.lexnames(lemma, 1)) or lemma == "person"
+
+
+def _compound(chunk: list[str], i: int, lemma: str, wn: WordNetNouns) -> str | None:
+    """The longest WordNet compound ending at ``chunk[i]`` ("fire hydrant", "wine glass"),
+    not starting with an attribute ("blue sky" is sky)."""
+    heads = {lemma, _regular_singular(chunk[i], wn)}
+    for j in range(max(0, i - 2), i):
+        if chunk[j] in ATTRIBUTE_WORDS:
+            continue
+        for head in heads:
+            for joiner in ("_", ""):
+                compound = joiner.join(chunk[j:i] + [head])
+                if wn.is_noun(compound):
+                    return compound
+    return None
+
+
+def _regular_singular(word: str, wn: WordNetNouns) -> str:
+    if word.endswith("es") and wn.is_noun(word[:-2]):
+        return word[:-2]
+    if word.endswith("s") and wn.is_noun(word[:-1]):
+        return word[:-1]
+    return word
+
+
 def _head(chunk: list[str], after_det: bool, wn: WordNetNouns) -> str | None:
     """The object a chunk names (a WordNet lemma), or None for scenery/abstract chunks."""
-    for i in range(len(chunk) - 1, -1, -1):
+    last = len(chunk) - 1
+    for i in range(last, -1, -1):
         tok = chunk[i]
+        # attributes are never heads, except a lone "a glass" / "a stable" after a determiner
+        lone_noun = i == last and (after_det or i > 0)
         if tok in ATTRIBUTE_WORDS:
-            continue
+            use = wn.pos_counts(tok)
+            if not (lone_noun and i == 0 and use.get("a", 0) <= use.get("n", 0)):
+                continue
         lemma = _noun_lemma(tok, wn)
         if not wn.is_noun(lemma) and lemma not in PHYSICAL_EXTRA:
             continue
-        # the longest WordNet compound ending here ("fire hydrant", "cutting board")
-        for j in range(max(0, i - 2), i):
-            compound = "_".join(chunk[j:i] + [lemma])
-            if wn.is_noun(compound) and _is_physical(compound, wn):
+        compound = _compound(chunk, i, lemma, wn)
+        if compound is not None:
+            if compound in SCENERY:
+                return None
+            if _is_physical(compound, wn):
                 return compound
         if lemma in SCENERY or tok in SCENERY:
             return None
         if lemma in PICTURE_AND_POSITION or lemma in QUANTITY_HEADS:
             continue
         use = wn.pos_counts(tok if tok in wn.usage else lemma)
-        if use.get("a", 0) > use.get("n", 0):
+        if use.get("a", 0) > use.get("n", 0) and not lone_noun:
             continue  # an adjective that WordNet also lists as a noun ("overcast")
         if _is_physical(lemma, wn, strict=not (after_det or lemma != tok or i > 0)):
             return lemma
@@ -415,15 +479,32 @@ def _synonyms(a: str, b: str, wn: WordNetNouns) -> bool:
     return bool(sa and sb) and (sa[0] in sb or sb[0] in sa)
 
 
-def _hypernym_distance(general: str, specific: str, wn: WordNetNouns, max_depth: int) -> int | None:
-    """Steps from the first sense of ``specific`` up to one of the first two senses of
-    ``general`` (person <- cyclist, fruit <- apple), or None."""
+def _hypernym_distance(general: str, specific: str, wn: WordNetNouns, max_depth: int,
+                       senses: int = 3) -> int | None:
+    """Steps from one of the first senses of ``specific`` up to one of the first senses of
+    ``general`` (person <- cyclist, fruit <- apple, drink <- milk), or None. Each later
+    sense of ``specific`` adds one step, so the common reading wins."""
     if general in TOO_GENERAL or specific not in wn.senses or general not in wn.senses:
         return None
-    targets = set(wn.first_senses(general, 2))
-    ancestors = wn.ancestors(wn.senses[specific][0], max_depth)
-    hits = [d for s, d in ancestors.items() if s in targets]
-    return min(hits) if hits else None
+    targets = set(wn.first_senses(general, senses))
+    best = None
+    for rank, sense in enumerate(wn.first_senses(specific, senses)):
+        for s, d in wn.ancestors(sense, max_depth).items():
+            if s in targets and (best is None or d + rank < best):
+                best = d + rank
+    return best
+
+
+_PERSON = None
+
+
+def _is_person(lemma: str, wn: WordNetNouns) -> bool:
+    """Whether the first sense of ``lemma`` is a kind of person (cyclist, chef, girl ...)."""
+    global _PERSON
+    if _PERSON is None:
+        _PERSON = wn.senses["person"][0]
+    first = wn.first_senses(lemma, 1)
+    return bool(first) and (first[0] == _PERSON or _PERSON in wn.ancestors(first[0], 14))
 
 
 class _SentenceEmbedder:
@@ -463,7 +544,8 @@ def match_objects(original: list[str], modified: list[str], embedding_threshold:
                   max_hypernym_depth: int = 8) -> tuple[list[tuple[str, str]], list[str]]:
     """One-to-one matches between two lemma lists, tier by tier (same lemma, WordNet synonym,
     WordNet hypernym nearest first, sentence-embedding similarity above the threshold).
-    Returns the pairs and, for each pair, the tier that matched it."""
+    Between hypernyms and embeddings, person words left on both sides are paired (see
+    :func:`_is_person`). Returns the pairs and, for each pair, the tier that matched it."""
     wn = wordnet()
     free_o, free_m = list(original), list(modified)
     pairs: list[tuple[str, str]] = []
@@ -491,10 +573,17 @@ def match_objects(original: list[str], modified: list[str], embedding_threshold:
             if best < 99:
                 hyper.append((best, o, m))
     take(hyper, "hypernym")
+    # two descriptions of one picture that both mention someone mostly mean the same people:
+    # what is left of person words is paired in order (boy/child, officer/man)
+    take([(i, o, m) for i, (o, m) in enumerate((o, m) for o in free_o for m in free_m)
+          if _is_person(o, wn) and _is_person(m, wn)], "person")
     if embedding_threshold is not None and free_o and free_m:
         sims = []
         for o in free_o:
             for m in free_m:
+                lo, lm = wn.lexnames(o, 1), wn.lexnames(m, 1)
+                if lo and lm and lo != lm:
+                    continue  # never across kinds (skateboarder is a person, skateboard is not)
                 s = _EMBEDDER.similarity(o.replace("_", " "), m.replace("_", " "))
                 if s >= embedding_threshold:
                     sims.append((-s, o, m))
