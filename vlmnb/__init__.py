@@ -30,14 +30,18 @@ _EXPORTS = {
     "OfflineJudge": "judge", "ExactJudge": "judge",
     "ResultStore": "store",
     "bootstrap_ci": "stats",
-    "sweep": "sweep",
-    "explore": "explore",
+    "explore": "explorer",
 }
+
+# Submodules that are part of the public API (imported on first use, like the names above).
+_SUBMODULES = {"sweep", "fractions", "plots", "data", "judge", "store", "stats", "paper", "toy", "mme"}
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"vlmnb.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'vlmnb' has no attribute {name!r}")

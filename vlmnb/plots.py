@@ -194,3 +194,117 @@ def attention_histograms(values_by_layer: dict, ncols: int = 4, bins: int = 40):
     fig.supylabel("image tokens (count, log)")
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- chapter 2
+def f1_bars(summary, paper: dict | None = None, title: str = ""):
+    """Fig. 2e style: mean F1 per knockout kind, for "all layers" and "outside the window".
+
+    ``summary``: rows with kind, scope ("all"/"outside"), mean, ci_low, ci_high.
+    ``paper``: kind -> F1 the paper reports for all layers (drawn as purple ticks).
+    """
+    fig, ax = figure(height=3.4)
+    kinds = [k for k in CONFIG_COLORS if k != "baseline" and k in set(summary.kind)]
+    x = np.arange(len(kinds))
+    for offset, scope, hatch in [(-0.2, "all", None), (0.2, "outside", "//")]:
+        sub = summary[summary.scope == scope].set_index("kind").reindex(kinds)
+        if sub["mean"].isna().all():
+            continue
+        err = np.vstack([sub["mean"] - sub["ci_low"], sub["ci_high"] - sub["mean"]])
+        ax.bar(x + offset, sub["mean"], 0.38, yerr=err, capsize=3, hatch=hatch, edgecolor="white",
+               color=[CONFIG_COLORS[k] for k in kinds],
+               label="KO in all layers" if scope == "all" else "KO outside the middle window")
+    for i, kind in enumerate(kinds):
+        if paper and kind in paper:
+            ax.plot([i - 0.4, i], [paper[kind]] * 2, color=PAPER_COLOR, lw=2.5,
+                    label="paper, all layers (InternVL2-76B)" if i == 0 else None)
+    ax.set_xticks(x, kinds)
+    ax.set_ylabel("F1 vs. baseline description")
+    ax.set_ylim(0, 1.05)
+    ax.legend(loc="upper right", fontsize=8)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def f1_by_start_layer(summary, n_layers: int, paper_rise: tuple[int, int] | None = None, title: str = ""):
+    """Fig. 2f style: F1 when the knockout acts from layer l on, per kind, with 95% CIs.
+
+    ``paper_rise``: the layers (rescaled to this model) where the paper sees F1 rise sharply.
+    """
+    fig, ax = figure(height=3.6)
+    for kind, sub in summary.groupby("kind"):
+        sub = sub.sort_values("start")
+        ax.plot(sub["start"], sub["mean"], marker="o", color=CONFIG_COLORS.get(kind), label=kind)
+        ax.fill_between(sub["start"].astype(float), sub["ci_low"], sub["ci_high"], color=CONFIG_COLORS.get(kind), alpha=0.15)
+    if paper_rise:
+        ax.axvspan(paper_rise[0], paper_rise[1], color=PAPER_COLOR, alpha=0.08,
+                   label="paper: sharp rise (layers 20-40 of 80, rescaled)")
+    ax.set_xlabel("knockout from layer l on (0-based)")
+    ax.set_ylabel("F1 vs. baseline description")
+    ax.set_xlim(-0.5, n_layers - 0.5)
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8, loc="lower right")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+HIGHLIGHT = {"found": "#b8e186", "missed": "#fdb863", "hallucinated": "#f4a6c6"}
+
+
+def highlight_html(text: str, words: dict) -> str:
+    """``text`` as HTML with each listed word/phrase highlighted: ``words`` maps a phrase to
+    one of "found", "missed", "hallucinated" (longest phrases first, case-insensitive)."""
+    import html
+    import re
+
+    if not words:
+        return html.escape(text)
+    phrases = sorted(words, key=len, reverse=True)
+    pattern = re.compile("|".join(re.escape(p) for p in phrases), re.IGNORECASE)
+    out, last = [], 0
+    for m in pattern.finditer(text):
+        kind = words.get(m.group(0).lower(), words.get(m.group(0)))
+        out.append(html.escape(text[last:m.start()]))
+        color = HIGHLIGHT.get(kind, "#dddddd")
+        out.append(f'<span style="background:{color};border-radius:3px;padding:0 2px" title="{kind}">'
+                   f"{html.escape(m.group(0))}</span>")
+        last = m.end()
+    out.append(html.escape(text[last:]))
+    return "".join(out)
+
+
+def knockout_panel_html(image, baseline: str, rows: list[dict], width: int = 160) -> str:
+    """Fig. 5 style: the image, its baseline description, and per configuration the modified
+    description with found / missed / hallucinated objects highlighted and its F1.
+
+    ``rows``: dicts with config, text, f1, original_objects, modified_objects, matched
+    (from the judge). The image is embedded as a PNG data URI (the page stays offline).
+    """
+    import base64
+    import html
+    import io
+
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="PNG")
+    uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    legend = " ".join(f'<span style="background:{c};padding:0 4px;border-radius:3px">{k}</span>'
+                      for k, c in HIGHLIGHT.items())
+    parts = [f'<table style="font-size:0.85em"><tr><td rowspan="{len(rows) + 1}" style="vertical-align:top">'
+             f'<img src="{uri}" width="{width}" alt="input image"/></td>'
+             f"<td><b>baseline</b></td><td>{html.escape(baseline)}</td><td></td></tr>"]
+    for row in rows:
+        orig, mod = list(row.get("original_objects", [])), list(row.get("modified_objects", []))
+        found = {m.lower() for m in mod if m.lower() in {o.lower() for o in orig}}
+        words = {m.lower(): ("found" if m.lower() in found else "hallucinated") for m in mod}
+        missed = [o for o in orig if o.lower() not in found]
+        f1 = row.get("f1", float("nan"))
+        parts.append(f"<tr><td><b>{html.escape(row['config'])}</b></td>"
+                     f"<td>{highlight_html(row['text'], words)}"
+                     + (f"<br/><i>missed:</i> " + ", ".join(
+                         f'<span style="background:{HIGHLIGHT["missed"]};padding:0 2px">{html.escape(m)}</span>'
+                         for m in missed) if missed else "")
+                     + f"</td><td>F1 {f1:.2f}</td></tr>")
+    parts.append(f"</table><p style='font-size:0.8em'>{legend}</p>")
+    return "".join(parts)
