@@ -298,6 +298,8 @@ def _is_physical(lemma: str, wn: WordNetNouns, strict: bool = False) -> bool:
     if lemma in PHYSICAL_EXTRA:
         return True
     physical = PHYSICAL_LEXFILES | {"noun.Tops"}
+    if not strict:
+        physical = physical | {"noun.shape"}  # "a circle", "a square": drawn shapes are things
     return any(ln in physical for ln in wn.lexnames(lemma, 2 if strict else 4))
 
 
