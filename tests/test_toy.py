@@ -1,0 +1,234 @@
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from vlmnb.toy import scenes as sc  # noqa: E402
+from vlmnb.toy.metrics import description_quality, match_objects, score_description  # noqa: E402
+from vlmnb.toy.model import (DEFAULT_PROMPT, NUM_IMAGE_TOKENS, ToyArchitecture, build_model,  # noqa: E402
+                             build_processor, pixel_values)
+from vlmnb.toy.scenes import COLORS, make_scene, make_scenes, object_names, parse_description  # noqa: E402
+
+TINY = {"text_hidden": 32, "text_layers": 2, "text_heads": 2, "text_intermediate": 64,
+        "vision_hidden": 32, "vision_layers": 1, "vision_heads": 2, "vision_intermediate": 64}
+
+
+# --- scenes -------------------------------------------------------------------------------
+
+def test_scene_is_deterministic():
+    a, b = make_scene(7, "train", seed=3), make_scene(7, "train", seed=3)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert a.objects == b.objects and a.description == b.description
+    assert [q.text for q in a.questions] == [q.text for q in b.questions]
+    assert np.array_equal(a.masks, b.masks)
+    assert make_scene(7, "train", seed=4).description != a.description or \
+        not np.array_equal(np.asarray(make_scene(7, "train", seed=4).image), np.asarray(a.image))
+
+
+def test_masks_match_drawn_pixels():
+    for scene in make_scenes(40, split="train"):
+        pixels = np.asarray(scene.image)
+        assert scene.masks.shape == (len(scene.objects), sc.IMAGE_SIZE, sc.IMAGE_SIZE)
+        assert scene.masks.dtype == bool
+        assert not (scene.masks.sum(0) > 1).any(), "objects overlap"
+        for obj, mask in zip(scene.objects, scene.masks):
+            assert mask.sum() > 60
+            assert (pixels[mask] == COLORS[obj.color]).all()
+            x, y = obj.center
+            assert mask[y, x], "centre pixel outside the mask"
+            rows, cols = np.nonzero(mask)
+            # the object stays inside its grid cell
+            row, col = divmod(sc.CELLS.index(obj.cell), sc.GRID)
+            assert rows.min() >= row * sc.CELL_SIZE and rows.max() < (row + 1) * sc.CELL_SIZE
+            assert cols.min() >= col * sc.CELL_SIZE and cols.max() < (col + 1) * sc.CELL_SIZE
+        background = pixels[~scene.masks.any(0)]
+        for rgb in COLORS.values():
+            assert not (background == rgb).all(axis=1).any()
+
+
+def test_train_and_test_streams_never_overlap():
+    train = {sc._rng(0, "train", i).integers(2**63) for i in range(300)}
+    test = {sc._rng(0, "test", i).integers(2**63) for i in range(300)}
+    assert not train & test
+    assert len(train) == 300
+    with pytest.raises(ValueError, match="split"):
+        make_scene(0, split="validation")
+
+
+def test_description_and_questions_match_objects():
+    for scene in make_scenes(30):
+        parsed = parse_description(scene.description)
+        assert [(o.size, o.color, o.shape, o.cell) for o in parsed] == \
+            [(o.size, o.color, o.shape, o.cell) for o in scene.objects]
+        order = [sc.CELLS.index(o.cell) for o in scene.objects]
+        assert order == sorted(order), "description not in reading order"
+        names = {o.name for o in scene.objects}
+        cells = {o.cell for o in scene.objects}
+        pairs = {}
+        for q in scene.questions:
+            pairs.setdefault(q.pair_id, []).append(q)
+            if q.aspect == "existence":
+                name = q.text.removeprefix("is there a ").rstrip("?")
+                assert (q.answer == "yes.") == (name in names)
+            elif q.aspect == "position":
+                cell = q.text.removeprefix("is there an object at the ").rstrip("?")
+                assert (q.answer == "yes.") == (cell in cells)
+            elif q.aspect == "count":
+                n = sc.COUNT_WORDS.index(q.text.split()[2])
+                assert (q.answer == "yes.") == (n == len(scene.objects))
+        assert len(pairs) == 5
+        for pair in pairs.values():
+            assert len(pair) == 2 and pair[0].aspect == pair[1].aspect
+            assert pair[0].answer != pair[1].answer
+
+
+def test_parse_description_tolerates_junk():
+    text = "a large red circle at the top left, a the the small blue squar, green triangle at the"
+    parsed = parse_description(text)
+    assert [o.name for o in parsed] == ["red circle", "green triangle"]
+    assert parsed[0].cell == "top left" and parsed[1].size == "" and parsed[1].cell == ""
+    assert object_names("") == [] and object_names("nothing.") == []
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+def test_match_objects_hand_cases():
+    m = match_objects("a large red circle at the top, a small red circle at the left, a blue square at the center.",
+                      "a small red circle at the bottom, a green triangle at the right.")
+    # names only: one red circle matches (position/size ignored), one red circle and the square lost
+    assert (m.tp, m.fp, m.fn) == (1, 1, 2)
+    assert m.precision == pytest.approx(0.5) and m.recall == pytest.approx(1 / 3)
+    assert m.f1 == pytest.approx(0.4)
+    assert m.matched == [("red circle", "red circle")]
+    assert m.original_objects == ["red circle", "red circle", "blue square"]
+    empty = match_objects("", "nothing.")
+    assert (empty.precision, empty.recall, empty.f1) == (1.0, 1.0, 1.0)
+    lost = match_objects("a red circle.", "")
+    assert (lost.recall, lost.f1) == (0.0, 0.0)
+
+
+def test_description_scoring_uses_all_attributes():
+    truth = make_scene(3).objects
+    perfect = score_description(sc.describe(truth), truth)
+    assert perfect.exact and perfect.f1 == 1.0
+    wrong_size = sc.describe([sc.ToyObject(o.shape, o.color, "small" if o.size == "large" else "large", o.cell)
+                              for o in truth])
+    s = score_description(wrong_size, truth)
+    assert not s.exact and s.tp == 0
+    q = description_quality([sc.describe(truth), wrong_size], [truth, truth])
+    assert q["exact"] == 0.5 and q["name_f1"] == 1.0 and q["object_recall"] == pytest.approx(0.5)
+
+
+# --- tokenizer, processor, model ----------------------------------------------------------
+
+def test_processor_matches_hub_llava_conventions():
+    processor = build_processor()
+    tok = processor.tokenizer
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": DEFAULT_PROMPT}]}],
+        add_generation_prompt=True)
+    assert text == "USER: <image>\ndescribe the image ASSISTANT:"
+    scene = make_scene(0)
+    enc = processor(images=[scene.image], text=[text], return_tensors="pt")
+    image_id = tok.convert_tokens_to_ids("<image>")
+    assert int((enc["input_ids"] == image_id).sum()) == NUM_IMAGE_TOKENS >= 64
+    assert torch.allclose(enc["pixel_values"], pixel_values([scene.image]), atol=1e-6)
+    assert tok.convert_ids_to_tokens(tok("A Zebra.")["input_ids"]) == ["<s>", "a", "<unk>", "."]
+    assert tok.decode(tok(" a red circle at the top, a blue square.", add_special_tokens=False)["input_ids"]) == \
+        "a red circle at the top, a blue square."
+
+
+def test_save_load_round_trip_gives_identical_logits(tmp_path):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model = build_model(ToyArchitecture(**TINY), seed=1).eval()
+    processor = build_processor()
+    assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<image>")
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded = LlavaForConditionalGeneration.from_pretrained(tmp_path).eval()
+    processor2 = AutoProcessor.from_pretrained(tmp_path)
+    text = processor2.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": DEFAULT_PROMPT}]}],
+        add_generation_prompt=True)
+    enc = processor2(images=[make_scene(1).image], text=[text], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(model(**enc).logits, loaded(**enc).logits)
+
+
+# --- training -----------------------------------------------------------------------------
+
+def _cfg(steps, **kw):
+    from vlmnb.toy.train import TrainConfig
+    return TrainConfig(steps=steps, batch_size=4, lr=3e-3, warmup_steps=2, checkpoint_every=2, arch=dict(TINY), **kw)
+
+
+def test_few_training_steps_lower_the_loss(tmp_path):
+    from vlmnb.toy.train import SequenceBuilder, make_batch, token_losses, train
+
+    cfg = _cfg(12)
+    batch = make_batch(0, cfg, SequenceBuilder(build_processor()))
+    before = build_model(ToyArchitecture(**TINY), seed=cfg.seed)
+    model = train(tmp_path, cfg, progress=False, save_every_model=False)
+    with torch.no_grad():
+        l0, lab, _ = token_losses(before, batch)
+        l1, _, _ = token_losses(model, batch)
+    assert l1[lab != -100].mean() < l0[lab != -100].mean() - 0.5
+
+
+def test_short_run_is_bit_reproducible_and_resumable(tmp_path):
+    from vlmnb.toy.train import train
+
+    straight = train(tmp_path / "a", _cfg(4), progress=False, save_every_model=False).state_dict()
+    again = train(tmp_path / "b", _cfg(4), progress=False, save_every_model=False).state_dict()
+    train(tmp_path / "c", _cfg(2), progress=False, save_every_model=False)
+    resumed = train(tmp_path / "c", _cfg(4), resume=True, progress=False, save_every_model=False).state_dict()
+    for name, value in straight.items():
+        assert torch.equal(value, again[name]), name
+        assert torch.equal(value, resumed[name]), name
+    lines = (tmp_path / "c" / "log.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+
+
+# --- the shipped checkpoint ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def shipped():
+    from vlmnb.toy import checkpoint_path
+    from vlmnb.toy.evaluate import load
+
+    return load(checkpoint_path())
+
+
+def test_shipped_checkpoint_quality(shipped):
+    from vlmnb.toy.evaluate import generate_answers
+
+    model, processor = shipped
+    assert model.config.text_config.num_hidden_layers >= 8
+    scenes = make_scenes(20, split="test", start=1000)
+    images = [s.image for s in scenes]
+    descriptions = generate_answers(model, processor, images, [DEFAULT_PROMPT] * 20, 40, batch_size=20)
+    quality = description_quality(descriptions, [s.objects for s in scenes])
+    assert quality["name_f1"] >= 0.9, descriptions
+    assert quality["exact"] >= 0.6, descriptions
+    lookups = [(s, q) for s in scenes for q in s.questions if q.aspect == "position_lookup"]
+    answers = generate_answers(model, processor, [s.image for s, _ in lookups], [q.text for _, q in lookups], 8)
+    acc = np.mean([a == q.answer for a, (_, q) in zip(answers, lookups)])
+    assert acc >= 0.85
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vlmnb.models") is None, reason="vlmnb.models not written yet")
+def test_vlmnb_load_toy_uses_the_shipped_weights(shipped):
+    import vlmnb
+
+    vlm = vlmnb.load("toy")
+    model, _ = shipped
+    inner = getattr(vlm, "model", vlm)
+    ours = dict(model.named_parameters())
+    theirs = dict(inner.named_parameters())
+    name = "model.language_model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(ours[name], theirs[name].to(ours[name].device, ours[name].dtype))

@@ -1,0 +1,58 @@
+"""Figures and tables for the toy-model chapter: scenes with their masks, answers, the quality table."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vlmnb.toy.scenes import Scene
+
+
+def show_scenes(scenes: list[Scene], masks: bool = True, ncols: int = 4, titles: list[str] | None = None):
+    """A matplotlib figure: each scene's image and, below it, its object masks in false colour."""
+    import matplotlib.pyplot as plt
+
+    rows = 2 if masks else 1
+    ncols = min(ncols, len(scenes))
+    nblocks = -(-len(scenes) // ncols)
+    fig, axes = plt.subplots(rows * nblocks, ncols, figsize=(2.6 * ncols, 2.6 * rows * nblocks), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, scene in enumerate(scenes):
+        block, col = divmod(i, ncols)
+        ax = axes[block * rows, col]
+        ax.imshow(scene.image)
+        ax.set_title(titles[i] if titles else f"scene {scene.index}", fontsize=8)
+        if masks:
+            labels = np.zeros(scene.masks.shape[1:], dtype=float)
+            for k, m in enumerate(scene.masks, start=1):
+                labels[m] = k
+            axes[block * rows + 1, col].imshow(np.ma.masked_equal(labels, 0), cmap="tab10", vmin=1, vmax=10,
+                                               interpolation="nearest")
+            axes[block * rows + 1, col].set_title(", ".join(o.name for o in scene.objects), fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def quality_table(eval_json: str | Path) -> pd.DataFrame:
+    """The held-out quality table of a checkpoint's ``eval.json`` as a DataFrame (task, metric, value)."""
+    path = Path(eval_json)
+    if path.is_dir():
+        path = path / "eval.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; run `python -m vlmnb.toy.evaluate` first")
+    r = json.loads(path.read_text())
+    d, lk = r["description"], r["position_lookup"]
+    rows = [("description", "exact match", d["exact"], None),
+            ("description", "object precision (all attributes)", d["object_precision"], None),
+            ("description", "object recall (all attributes)", d["object_recall"], None),
+            ("description", "object F1 (all attributes)", d["object_f1"], None),
+            ("description", "object-name F1 (colour + shape)", d["name_f1"], None),
+            ("position look-up", "ACC", lk["acc"], None),
+            ("position look-up", "ACC+", lk["acc_plus"], None)]
+    for aspect, v in r["yes_no"].items():
+        rows.append((f"yes/no: {aspect}", "ACC", v["acc"], v["swap_acc"]))
+        rows.append((f"yes/no: {aspect}", "ACC+", v["acc_plus"], v["swap_acc_plus"]))
+    return pd.DataFrame(rows, columns=["task", "metric", "value", "image swapped"]).round(3)

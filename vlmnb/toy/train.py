@@ -1,0 +1,304 @@
+"""Train the toy LLaVA on generated scenes: ``python -m vlmnb.toy.train --out DIR --steps N [--resume]``.
+
+Every training sequence is one image followed by several chat turns, written exactly as the
+processor's chat template writes them: a first turn (usually "describe the image", sometimes a
+question) and a few packed follow-up questions (position look-ups and yes/no questions). The
+loss covers answer tokens only. The batch at step ``s`` depends only on (seed, s), the learning
+rate only on the step, and checkpoints hold the model, the AdamW state and the RNG state in
+safetensors + JSON, so a run resumed from a checkpoint is bit-identical to an uninterrupted one
+on the same machine with the same thread count.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from vlmnb.toy.model import (DEFAULT_PROMPT, NUM_IMAGE_TOKENS, ToyArchitecture, build_model, build_processor,
+                             pixel_values)
+from vlmnb.toy.scenes import ASPECTS, make_scene
+
+TASKS = ("description",) + ASPECTS  # task ids used in the per-task loss log
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a training run (all of them go into the run's ``state.json``)."""
+
+    steps: int = 3000
+    batch_size: int = 16
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.02
+    decay_fraction: float = 0.25
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    threads: int = 1                  # 1 thread: with other jobs on the 2 cores, 2 threads ran 5-10x slower
+    description_first: float = 0.75   # share of sequences whose first turn is "describe the image"
+    followups: int = 2                # packed question turns after the first turn
+    lookup_share: float = 0.4         # share of follow-ups that are position look-ups (rest yes/no)
+    checkpoint_every: int = 100
+    arch: dict | None = None
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Warm-up, constant, then linear decay to ``min_lr_ratio * lr`` over the last ``decay_fraction``
+    of the steps ("warm-up / stable / decay"); a function of the step only.
+
+    Because the stable phase does not depend on the total, a run resumed with a smaller ``--steps``
+    before the decay began is identical to an uninterrupted run with that ``--steps``.
+    """
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    decay_start = cfg.steps - int(cfg.decay_fraction * cfg.steps)
+    if step < decay_start:
+        return cfg.lr
+    progress = (step - decay_start + 1) / max(1, cfg.steps - decay_start)
+    return cfg.lr * (1 - (1 - cfg.min_lr_ratio) * progress)
+
+
+class SequenceBuilder:
+    """Turns a scene and a list of (prompt, answer, task) turns into token ids and loss labels."""
+
+    def __init__(self, processor):
+        self.processor = processor
+        self.tok = processor.tokenizer
+        first = processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "{Q}"}]}],
+            add_generation_prompt=True)
+        self._first_prefix, self._first_suffix = first.split("{Q}")
+        self.eos = self.tok.eos_token_id
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def encode(self, turns: list[tuple[str, str, str]]) -> tuple[list[int], list[int], list[int]]:
+        """(input_ids, labels, task ids per label) for one image followed by ``turns``."""
+        image_text = self.processor.image_token * NUM_IMAGE_TOKENS
+        ids = [self.tok.bos_token_id]
+        labels = [-100]
+        tasks = [-1]
+        for i, (prompt, answer, task) in enumerate(turns):
+            if i == 0:
+                prefix = self._first_prefix.replace("<image>", image_text) + prompt + self._first_suffix
+            else:
+                prefix = f"USER: {prompt} ASSISTANT:"
+            p = self._ids(prefix)
+            a = self._ids(" " + answer) + [self.eos]
+            ids += p + a
+            labels += [-100] * len(p) + a
+            tasks += [-1] * len(p) + [TASKS.index(task)] * len(a)
+        return ids, labels, tasks
+
+
+def sample_turns(scene, rng: np.random.Generator, cfg: TrainConfig) -> list[tuple[str, str, str]]:
+    """The chat turns of one training sequence."""
+    lookups = [q for q in scene.questions if q.aspect == "position_lookup"]
+    yesno = [q for q in scene.questions if q.aspect != "position_lookup"]
+    turns = []
+    if rng.random() < cfg.description_first:
+        turns.append((DEFAULT_PROMPT, scene.description, "description"))
+    for _ in range(cfg.followups + (0 if turns else 1)):
+        pool = lookups if rng.random() < cfg.lookup_share else yesno
+        q = pool[rng.integers(len(pool))]
+        turns.append((q.text, q.answer, q.aspect))
+    return turns
+
+
+def make_batch(step: int, cfg: TrainConfig, builder: SequenceBuilder) -> dict:
+    """The batch of training step ``step`` (a pure function of seed and step)."""
+    rng = np.random.default_rng([cfg.seed, step])
+    images, seqs = [], []
+    for b in range(cfg.batch_size):
+        scene = make_scene(step * cfg.batch_size + b, split="train", seed=cfg.seed)
+        images.append(scene.image)
+        seqs.append(builder.encode(sample_turns(scene, rng, cfg)))
+    width = max(len(s[0]) for s in seqs)
+    pad = builder.tok.pad_token_id
+    input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    labels = torch.full((len(seqs), width), -100, dtype=torch.long)
+    tasks = torch.full((len(seqs), width), -1, dtype=torch.long)
+    attention = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, (ids, lab, tsk) in enumerate(seqs):
+        input_ids[i, :len(ids)] = torch.tensor(ids)
+        labels[i, :len(ids)] = torch.tensor(lab)
+        tasks[i, :len(ids)] = torch.tensor(tsk)
+        attention[i, :len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention, "pixel_values": pixel_values(images),
+            "labels": labels, "tasks": tasks}
+
+
+def token_losses(model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token cross-entropy on the next token, with the shifted labels and task ids."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                pixel_values=batch["pixel_values"])
+    logits = out.logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    tasks = batch["tasks"][:, 1:]
+    losses = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none")
+    return losses.view(labels.shape), labels, tasks
+
+
+def _save_checkpoint(out: Path, step: int, model, optimizer, cfg: TrainConfig, log_tail: dict) -> None:
+    tmp = out / "checkpoint.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    names = {id(p): n for n, p in model.named_parameters()}
+    opt_tensors, opt_steps = {}, {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = optimizer.state.get(p)
+            if not st:
+                continue
+            n = names[id(p)]
+            opt_tensors[f"{n}.exp_avg"] = st["exp_avg"].contiguous()
+            opt_tensors[f"{n}.exp_avg_sq"] = st["exp_avg_sq"].contiguous()
+            opt_steps[n] = float(st["step"])
+    opt_tensors["__torch_rng_state__"] = torch.get_rng_state()
+    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(
+        {"step": step, "config": asdict(cfg), "adam_steps": opt_steps, "last": log_tail}, indent=1))
+    final = out / "checkpoint"
+    if final.exists():
+        old = out / "checkpoint.old"
+        if old.exists():
+            shutil.rmtree(old)
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(final)
+
+
+def _load_checkpoint(out: Path, model, optimizer) -> int:
+    ckpt = out / "checkpoint"
+    state = json.loads((ckpt / "state.json").read_text())
+    model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+    tensors = load_file(str(ckpt / "optimizer.safetensors"))
+    for n, p in model.named_parameters():
+        if f"{n}.exp_avg" in tensors:
+            optimizer.state[p] = {"step": torch.tensor(state["adam_steps"][n]),
+                                  "exp_avg": tensors[f"{n}.exp_avg"], "exp_avg_sq": tensors[f"{n}.exp_avg_sq"]}
+    torch.set_rng_state(tensors["__torch_rng_state__"])
+    return int(state["step"])
+
+
+def train(out: str | Path, cfg: TrainConfig = TrainConfig(), resume: bool = False,
+          progress: bool = True, save_every_model: bool = True):
+    """Train (or resume) a toy model into ``out``; returns the model. ``out/model`` holds the
+    latest model + processor as a ``save_pretrained`` folder, ``out/log.jsonl`` one line per step."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    processor = build_processor()
+    arch = ToyArchitecture(**(cfg.arch or {}))
+    cfg.arch = asdict(arch)
+    model = build_model(arch, seed=cfg.seed)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8, foreach=False)
+    start = 0
+    if resume and (out / "checkpoint" / "state.json").exists():
+        start = _load_checkpoint(out, model, optimizer)
+    elif (out / "log.jsonl").exists():
+        (out / "log.jsonl").unlink()
+    builder = SequenceBuilder(processor)
+    log = open(out / "log.jsonl", "a")
+    t0 = time.time()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="train")
+    entry: dict = {}
+    for step in bar:
+        lr = lr_at(step, cfg)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        batch = make_batch(step, cfg, builder)
+        losses, labels, tasks = token_losses(model, batch)
+        mask = labels != -100
+        loss = losses[mask].mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        with torch.no_grad():
+            entry = {"step": step + 1, "loss": round(loss.item(), 5), "lr": lr, "grad_norm": round(gnorm.item(), 4),
+                     "elapsed_s": round(time.time() - t0, 2)}
+            for ti, name in enumerate(TASKS):
+                sel = tasks == ti
+                if sel.any():
+                    entry[f"loss_{name}"] = round(losses[sel].mean().item(), 5)
+                # loss on the first answer token of yes/no questions alone (ln 2 = chance)
+            first = mask & torch.cat([torch.ones_like(mask[:, :1]), ~mask[:, :-1]], dim=1)
+            for ti, name in enumerate(TASKS[2:], start=2):
+                sel = first & (tasks == ti)
+                if sel.any():
+                    entry[f"first_{name}"] = round(losses[sel].mean().item(), 5)
+        log.write(json.dumps(entry) + "\n")
+        log.flush()
+        bar.set_postfix(loss=f"{entry['loss']:.3f}", lr=f"{lr:.1e}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            _save_checkpoint(out, step + 1, model, optimizer, cfg, entry)
+            if save_every_model:
+                save_pretrained(model, processor, out / "model")
+    log.close()
+    return model
+
+
+def save_pretrained(model, processor, path: str | Path) -> None:
+    """Write model + processor into one standard ``save_pretrained`` folder (atomically)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Train the toy LLaVA on generated shape scenes.")
+    parser.add_argument("--out", required=True, help="run folder (checkpoints, log.jsonl, model/)")
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
+    parser.add_argument("--warmup", type=int, default=TrainConfig.warmup_steps)
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument("--threads", type=int, default=TrainConfig.threads)
+    parser.add_argument("--followups", type=int, default=TrainConfig.followups)
+    parser.add_argument("--description-first", type=float, default=TrainConfig.description_first)
+    parser.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every)
+    parser.add_argument("--text-layers", type=int, default=ToyArchitecture.text_layers)
+    parser.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint if present")
+    args = parser.parse_args(argv)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
+                      seed=args.seed, threads=args.threads, followups=args.followups,
+                      description_first=args.description_first, checkpoint_every=args.checkpoint_every,
+                      arch={"text_layers": args.text_layers})
+    if args.resume and (Path(args.out) / "checkpoint" / "state.json").exists():
+        saved = json.loads((Path(args.out) / "checkpoint" / "state.json").read_text())["config"]
+        saved["steps"] = args.steps  # the only thing a resume may change is where to stop
+        cfg = TrainConfig(**saved)
+    train(args.out, cfg, resume=args.resume)
+
+
+if __name__ == "__main__":
+    main()
