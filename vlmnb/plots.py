@@ -240,6 +240,7 @@ def f1_by_start_layer(summary, n_layers: int, paper_rise: tuple[int, int] | None
     if paper_rise:
         ax.axvspan(paper_rise[0], paper_rise[1], color=PAPER_COLOR, alpha=0.08,
                    label="paper: sharp rise (layers 20-40 of 80, rescaled)")
+    ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("knockout from layer l on (0-based)")
     ax.set_ylabel("F1 vs. baseline description")
     ax.set_xlim(-0.5, n_layers - 0.5)

@@ -1,0 +1,73 @@
+"""The chapters as checks: each executes on the embedded model (the book build, `ci` profile)
+and on a tiny random model of another family, and shows its figures and its verdict table."""
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from conftest import ROOT, book_env
+
+pytestmark = pytest.mark.notebook
+
+# chapter -> (family of the tiny random model, small parameters)
+OTHER_FAMILY = {
+    "01_attention_fractions": ("qwen2_vl", {"n_images": 2, "max_new_tokens": 6}),
+    "02_knockout": ("qwen2_vl", {"n_images": 2, "max_new_tokens": 6, "stride": 2, "n_examples": 1}),
+}
+
+
+def _outputs(nb):
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            yield from cell.get("outputs", [])
+
+
+def _check_executed(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    errors = [f"{o.ename}: {o.evalue}" for o in _outputs(nb) if o.output_type == "error"]
+    assert not errors, f"{path.name}: {errors}"
+    pngs = [o["data"]["image/png"] for o in _outputs(nb) if "image/png" in o.get("data", {})]
+    assert pngs, f"{path.name} produced no figure"
+    assert all(len(base64.b64decode(p)) > 5_000 for p in pngs), f"{path.name} has an empty-looking figure"
+    last = [c for c in nb.cells if c.cell_type == "code"][-1]
+    verdict = "".join(o.get("data", {}).get("text/html", "") for o in last.get("outputs", []))
+    assert "held" in verdict, f"{path.name} does not end with its verdict table"
+
+
+def test_book_chapters_executed_cleanly_on_the_embedded_model(built_book):
+    chapters = sorted((built_book / "book" / "chapters").glob("*.ipynb"))
+    assert {p.stem for p in chapters} >= set(OTHER_FAMILY)
+    for path in chapters:
+        if path.stem in OTHER_FAMILY:
+            _check_executed(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    from vlmnb import tiny
+
+    root = tmp_path_factory.mktemp("tiny")
+    out = {}
+    for family in sorted({fam for fam, _ in OTHER_FAMILY.values()}):
+        tiny.save(family, root / family)
+        out[family] = root / family
+    return out
+
+
+@pytest.mark.parametrize("chapter", sorted(OTHER_FAMILY))
+def test_chapter_runs_on_a_tiny_model_of_another_family(chapter, tiny_models, tmp_path):
+    family, params = OTHER_FAMILY[chapter]
+    out = tmp_path / f"{chapter}.ipynb"
+    args = [sys.executable, "-m", "papermill", str(ROOT / "notebooks" / f"{chapter}.ipynb"), str(out),
+            "--cwd", str(tmp_path), "-p", "model", str(tiny_models[family]),
+            "-p", "results_dir", str(tmp_path / "runs")]
+    for name, value in params.items():
+        args += ["-p", name, str(value)]
+    done = subprocess.run(args, env=book_env(tmp_path), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _check_executed(out)
