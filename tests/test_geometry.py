@@ -73,6 +73,95 @@ def test_qwen_dynamic_grid_boxes():
         assert np.isnan(g.boxes[0]).all() and np.isnan(g.boxes[-1]).all()
 
 
+def test_llava_next_base_square_and_unpadded_highres_grid():
+    # 56x40: base picture is a non-uniform 32x32 resize; best resolution 64x64 (2x2 tiles): the image
+    # is resized to 64x46 and padded by 9 rows on top; the 8x8 token grid loses one row top and bottom
+    p = prep("llava_next", noise(56, 40))
+    g = p.geometry
+    base, high = g.view("base"), g.view("highres")
+    assert (base.rows, base.cols, high.rows, high.cols) == (4, 4, 6, 8)
+    assert np.allclose(g.boxes[base.tokens[0, 0]], [0, 0, 14, 10])
+    to_y = lambda v: (v - 9) * 40 / 46
+    assert np.allclose(g.boxes[high.tokens[0, 0]], [0, 0, 7, to_y(16)])
+    assert np.allclose(g.boxes[high.tokens[2, 3]], [21, to_y(24), 28, to_y(32)])
+    assert np.allclose(g.boxes[high.tokens[5, 7]], [49, to_y(48), 56, 40])
+    # a newline token (no box) closes every row of the high-resolution grid
+    ids = p.input_ids[0, p.spans.image].numpy()
+    assert (ids == S.image_token_id(built("llava_next")[0].config)).all()
+    for r in range(high.rows):
+        last = high.tokens[r, -1]
+        assert np.isnan(g.boxes[last + 1]).all()
+    assert np.isnan(g.boxes).any(axis=1).sum() == high.rows
+
+
+def test_llava_onevision_pooled_grid():
+    # 96x96 picks a 3x3 tiling: 12x12 tokens, more than anyres_max_4 allows, pooled to 8x8
+    p = prep("llava_onevision", noise(96, 96))
+    g = p.geometry
+    high = g.view("highres")
+    assert (high.rows, high.cols) == (8, 8)
+    assert np.allclose(g.boxes[high.tokens[3, 5]], [60, 36, 72, 48])
+    assert np.allclose(g.boxes[g.view("base").tokens[1, 2]], [48, 24, 72, 48])
+
+
+def test_internvl_tiles_and_thumbnail():
+    # 56x40 -> 3 columns x 2 rows of 32px tiles on a 96x64 canvas, then a 32x32 thumbnail
+    p = prep("internvl", noise(56, 40))
+    g = p.geometry
+    assert [v.name for v in g.views] == ["tile_0_0", "tile_0_1", "tile_0_2", "tile_1_0", "tile_1_1", "tile_1_2",
+                                         "thumbnail"]
+    sx, sy = 56 / 96, 40 / 64
+    tile = g.view("tile_1_2")
+    assert np.allclose(tile.region, [64 * sx, 32 * sy, 96 * sx, 64 * sy])
+    assert np.allclose(g.boxes[tile.tokens[0, 0]], [64 * sx, 32 * sy, 72 * sx, 40 * sy])
+    # every token of a tile lies inside that tile's region; thumbnail tokens cover the whole image
+    for v in g.views:
+        b = g.boxes[v.token_indices]
+        assert (b[:, 0] >= v.region[0] - 1e-9).all() and (b[:, 3] <= v.region[3] + 1e-9).all()
+    thumb = g.view("thumbnail")
+    assert g.view() is thumb
+    assert np.allclose(thumb.region, [0, 0, 56, 40])
+    assert np.allclose(g.boxes[thumb.tokens[0, 0]], [0, 0, 14, 10])
+    # a pixel is seen by one tile token and one thumbnail token
+    hits = g.token_at(50, 30)
+    assert len(hits) == 2 and hits[0] in tile.token_indices and hits[1] in thumb.token_indices
+    # <img> and </img> close the span
+    assert np.isnan(g.boxes[0]).all() and np.isnan(g.boxes[-1]).all()
+
+
+@pytest.mark.parametrize("family", ["idefics3", "smolvlm"])
+def test_idefics3_crops_and_global(family):
+    # 56x40 -> 64x46 (longest edge 64, even height) -> 64x64 (multiples of 32) -> 2x2 crops + global
+    p = prep(family, noise(56, 40))
+    g = p.geometry
+    assert [v.name for v in g.views] == ["crop_0_0", "crop_0_1", "crop_1_0", "crop_1_1", "global"]
+    sx, sy = 56 / 64, 40 / 64
+    crop = g.view("crop_1_0")
+    assert np.allclose(crop.region, [0, 32 * sy, 32 * sx, 40])
+    assert np.allclose(g.boxes[crop.tokens[0, 0]], [0, 32 * sy, 8 * sx, 40 * sy])
+    assert np.allclose(g.boxes[g.view("global").tokens[3, 3]], [42, 30, 56, 40])
+    # the structure tokens (fake-token markers, row/col tags, newlines, <global-img>) have no box
+    model, processor = built(family)
+    ids = p.input_ids[0, p.spans.image].numpy()
+    tok = processor.tokenizer
+    for name in ("<fake_token_around_image>", "<row_1_col_1>", "<row_2_col_2>", "<global-img>"):
+        where = np.flatnonzero(ids == tok.convert_tokens_to_ids(name))
+        assert len(where) and np.isnan(g.boxes[where]).all()
+    assert ids[0] == ids[-1] == tok.convert_tokens_to_ids("<fake_token_around_image>")
+
+
+def test_gemma3_square_resize_and_pooled_tokens():
+    p = prep("gemma3", noise(56, 40))
+    g = p.geometry
+    assert np.allclose(g.boxes[1 + 5], [14, 10, 28, 20])  # token (1, 1) after <start_of_image>
+    model, processor = built("gemma3")
+    ids = p.input_ids[0, p.spans.image].numpy()
+    # the config's image token, not the processor's (which is the begin-of-image token)
+    assert processor.image_token_id == model.config.boi_token_index != S.image_token_id(model.config)
+    assert ids[0] == model.config.boi_token_index and ids[-1] == model.config.eoi_token_index
+    assert (ids == S.image_token_id(model.config)).sum() == model.config.mm_tokens_per_image
+
+
 # ----------------------------------------------------------------------------- generic properties
 
 
@@ -153,7 +242,7 @@ def _local_copy(family):
 def _image_rows(model, prepared):
     """The embeddings the language model receives at the image-span positions."""
     captured = {}
-    lm = model.model.language_model
+    lm = getattr(model.model, "language_model", None) or model.model.text_model
 
     def hook(module, args, kwargs):
         captured["embeds"] = kwargs["inputs_embeds"].detach().clone()
@@ -167,7 +256,8 @@ def _image_rows(model, prepared):
     return captured["embeds"][0, prepared.spans.image].numpy()
 
 
-PAINT_CASES = [((56, 40), (10, 6, 30, 22)), ((40, 72), (24, 40, 40, 72))]
+PAINT_CASES = [((56, 40), (4, 4, 40, 16)), ((96, 96), (60, 8, 92, 40)),
+               pytest.param((40, 72), (24, 40, 40, 72), marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -182,7 +272,10 @@ def test_painted_region_changes_exactly_the_tokens_that_cover_it(family, size, r
     a = S.prepare(model, processor, Image.fromarray(base), "describe the image")
     b = S.prepare(model, processor, Image.fromarray(painted), "describe the image")
     assert np.array_equal(a.spans.image, b.spans.image)
-    changed = np.abs(_image_rows(model, a) - _image_rows(model, b)).max(axis=1) > 1e-5
+    change = np.abs(_image_rows(model, a) - _image_rows(model, b)).max(axis=1)
+    changed = change > 1e-5
+    # resampling kernels (bicubic, Lanczos) leave faint ringing a few pixels beyond the paint
+    changed_clearly = change > 0.05 * change.max()
     g = a.geometry
     boxes = g.boxes
     has = g.has_box
@@ -197,6 +290,6 @@ def test_painted_region_changes_exactly_the_tokens_that_cover_it(family, size, r
         far = has & ((overlap_x < -w / 4) | (overlap_y < -h / 4))
     assert covers.sum() > 0 and far.sum() > 0
     assert changed[covers].all(), f"tokens covering the paint did not change: {np.flatnonzero(covers & ~changed)}"
-    assert not changed[far].any(), f"tokens away from the paint changed: {np.flatnonzero(far & changed)}"
+    assert not changed_clearly[far].any(), f"tokens away from the paint changed: {np.flatnonzero(far & changed_clearly)}"
     # structure tokens (markers, newlines) never depend on the pixels
     assert not changed[~has].any()

@@ -600,8 +600,189 @@ def _geometry_qwen2_vl(config, processor, image_size, inputs):
     return grid.cells() * t
 
 
+def _post_patch(ip, frame: _Frame) -> _Frame:
+    """The per-picture resize + center crop LLaVA-NeXT/OneVision apply to every base/tile picture."""
+    if getattr(ip, "do_resize", True):
+        frame = _resize_by_size(frame, ip.size)
+    if getattr(ip, "do_center_crop", False) and ip.crop_size is not None:
+        frame = _center_crop(frame, _size_get(ip.crop_size, "width"), _size_get(ip.crop_size, "height"))
+    return frame
+
+
+def _geometry_anyres(config, processor, image_size, inputs, family):
+    """LLaVA-NeXT / OneVision: a base picture of the whole image, then a high-resolution grid
+    (the image resized into the best grid resolution, padded, cut into tiles) whose token grid is
+    unpadded and, for OneVision, possibly pooled down, with a newline token after every row."""
+    from transformers.image_processing_utils import select_best_resolution
+
+    ip = processor.image_processor
+    W, H = image_size
+    size = ip.size
+    if _size_get(size, "height") and _size_get(size, "width"):
+        base_h, base_w = _size_get(size, "height"), _size_get(size, "width")
+    else:
+        base_h = base_w = _size_get(size, "shortest_edge")
+    crop = getattr(ip, "crop_size", None)
+    tile_px = _size_get(crop, "height") or _size_get(size, "height") or _size_get(size, "shortest_edge")
+    pinpoints = [list(p) for p in (config.image_grid_pinpoints or ip.image_grid_pinpoints)]
+    vis = config.vision_config.image_size
+    vis = int(vis[0] if isinstance(vis, (list, tuple)) else vis)
+    p = _vision_patch(config)
+    g = vis // p
+
+    base = _post_patch(ip, _Frame(W, H).resize(base_w, base_h))
+    _check_shape(family, base, inputs["pixel_values"].shape)
+    tile_after = _post_patch(ip, _Frame(tile_px, tile_px))
+    if (tile_after.w, tile_after.h, tile_after.sx, tile_after.sy) != (vis, vis, 1.0, 1.0) or tile_px != vis:
+        raise RuntimeError(f"{family}: tiles of {tile_px}px resized again to {vis}px are not supported by vlmnb's geometry")
+
+    best_h, best_w = select_best_resolution((H, W), pinpoints)
+    # mirror of get_patch_output_size + the centred padding of _pad_for_patching
+    scale_w, scale_h = best_w / W, best_h / H
+    if scale_w < scale_h:
+        new_w, new_h = best_w, min(math.ceil(H * scale_w), best_h)
+    else:
+        new_h, new_w = best_h, min(math.ceil(W * scale_h), best_w)
+    pad_x, pad_y = (best_w - new_w) // 2, (best_h - new_h) // 2
+    canvas = _Frame(W, H).resize(new_w, new_h).pad(pad_x, pad_y, best_w - new_w - pad_x, best_h - new_h - pad_y)
+    n_tiles = (best_h // tile_px) * (best_w // tile_px)
+    if int(inputs["pixel_values"].shape[1]) < 1 + n_tiles:
+        raise RuntimeError(f"{family}: expected {1 + n_tiles} pictures, the processor made {inputs['pixel_values'].shape[1]}")
+
+    # the model's token grid over the canvas, then its unpadding (modeling unpad_image)
+    cur_h, cur_w = (best_h // vis) * g, (best_w // vis) * g
+    top = left = 0
+    if W / H > cur_w / cur_h:
+        new_rows = int(round(H * (cur_w / W), 7))
+        top = (cur_h - new_rows) // 2
+    else:
+        new_cols = int(round(W * (cur_h / H), 7))
+        left = (cur_w - new_cols) // 2
+    rows, cols = cur_h - 2 * top, cur_w - 2 * left
+    cell = tile_px / g
+    out_rows, out_cols = rows, cols
+    if family == "llava_onevision":
+        max_tiles = int(str(getattr(config, "vision_aspect_ratio", "anyres_max_9")).strip("anyres_max_"))
+        ratio = math.sqrt(rows * cols / (max_tiles * g ** 2))
+        if ratio > 1.1:  # the model pools the grid bilinearly down to this size
+            out_rows, out_cols = int(rows // ratio), int(cols // ratio)
+    highres = _Grid("highres", canvas, out_rows, out_cols, cell * cols / out_cols, cell * rows / out_rows,
+                    u0=left * cell, v0=top * cell)
+    base_grid = _Grid("base", base, g, g, p, p)
+    entries = base_grid.cells()
+    for r in range(out_rows):
+        entries += [(highres, r, c) for c in range(out_cols)] + [None]  # learned newline token
+    return entries
+
+
+def _geometry_internvl(config, processor, image_size, inputs):
+    """InternVL: the image resized onto a cols x rows grid of tiles (row-major), then a thumbnail
+    of the whole image when there is more than one tile; pixel shuffle merges 2x2 patches."""
+    from transformers.models.got_ocr2.image_processing_got_ocr2 import get_optimal_tiled_canvas
+
+    ip = processor.image_processor
+    W, H = image_size
+    th, tw = _size_get(ip.size, "height"), _size_get(ip.size, "width")
+    n = int(inputs["pixel_values"].shape[0])
+    vis = config.vision_config.image_size
+    vis_h, vis_w = (vis if isinstance(vis, (list, tuple)) else (vis, vis))
+    if (th, tw) != (vis_h, vis_w):
+        raise RuntimeError(f"internvl: tiles of {tw}x{th} for a {vis_w}x{vis_h} vision encoder are not supported")
+    p = _vision_patch(config)
+    per_side = int(round((vis_h // p) * config.downsample_ratio))
+    cell_h, cell_w = th / per_side, tw / per_side
+    grids = []
+    if n == 1:
+        grids.append(_Grid("image", _Frame(W, H).resize(tw, th), per_side, per_side, cell_w, cell_h))
+    else:
+        cols, rows = get_optimal_tiled_canvas((H, W), (th, tw), ip.min_patches, ip.max_patches)
+        if cols * rows + 1 != n:
+            raise RuntimeError(f"internvl: expected {cols * rows + 1} pictures for a {cols}x{rows} tiling, got {n}")
+        canvas = _Frame(W, H).resize(tw * cols, th * rows)
+        for i in range(cols * rows):
+            r, c = divmod(i, cols)
+            grids.append(_Grid(f"tile_{r}_{c}", canvas.crop(c * tw, r * th, tw, th), per_side, per_side, cell_w, cell_h))
+        grids.append(_Grid("thumbnail", _Frame(W, H).resize(tw, th), per_side, per_side, cell_w, cell_h))
+    return [cell for grid in grids for cell in grid.cells()]
+
+
+def _geometry_idefics3(config, processor, image_size, inputs):
+    """Idefics3 / SmolVLM: the image resized (longest edge), resized up to multiples of the crop
+    size, cut into a rows x cols grid of crops (row-major), then a global picture of the whole
+    image; pixel shuffle merges scale x scale patches."""
+    from transformers.models.idefics3.image_processing_idefics3 import get_resize_output_image_size
+
+    ip = processor.image_processor
+    W, H = image_size
+    M = int(_size_get(ip.max_image_size, "longest_edge"))
+    frame = _Frame(W, H)
+    if getattr(ip, "do_resize", True):
+        longest = _size_get(ip.size, "longest_edge")
+        if longest:
+            h1, w1 = get_resize_output_image_size(_Shape(H, W), resolution_max_side=longest)
+        else:
+            h1, w1 = _size_get(ip.size, "height"), _size_get(ip.size, "width")
+        frame = frame.resize(w1, h1)
+    grids_frames = []
+    if getattr(ip, "do_image_splitting", True):
+        h, w = int(round(frame.h)), int(round(frame.w))
+        aspect = w / h
+        if w >= h:
+            w2 = math.ceil(w / M) * M
+            h2 = math.ceil(int(w2 / aspect) / M) * M
+        else:
+            h2 = math.ceil(h / M) * M
+            w2 = math.ceil(int(h2 * aspect) / M) * M
+        frame = frame.resize(w2, h2)
+        if h2 > M or w2 > M:
+            rows, cols = h2 // M, w2 // M
+            for r in range(rows):
+                for c in range(cols):
+                    grids_frames.append((f"crop_{r}_{c}", frame.crop(c * M, r * M, M, M)))
+            grids_frames.append(("global", frame.resize(M, M)))
+        else:
+            grids_frames.append(("image", frame))
+    else:
+        grids_frames.append(("image", frame.resize(M, M)))
+    n = int(inputs["pixel_values"].shape[1])
+    if n != len(grids_frames):
+        raise RuntimeError(f"idefics3: expected {len(grids_frames)} pictures, the processor made {n}")
+    p = _vision_patch(config)
+    per_side = (M // p) // int(config.scale_factor)
+    cell = M / per_side
+    entries = []
+    for name, f in grids_frames:
+        entries += _Grid(name, f, per_side, per_side, cell, cell).cells()
+    return entries
+
+
+class _Shape:
+    """Stands in for an image tensor where a transformers helper only reads ``shape[-2:]``."""
+
+    def __init__(self, h, w):
+        self.shape = (3, h, w)
+
+
+def _geometry_gemma3(config, processor, image_size, inputs):
+    """Gemma3 (pan & scan off): one square resize; the patch grid is average-pooled to
+    ``mm_tokens_per_image`` tokens."""
+    ip = processor.image_processor
+    if getattr(ip, "do_pan_and_scan", False):
+        raise ValueError("gemma3: pan & scan crops are not supported; load the processor with do_pan_and_scan=False")
+    frame = _Frame(*image_size).resize(_size_get(ip.size, "width"), _size_get(ip.size, "height"))
+    _check_shape("gemma3", frame, inputs["pixel_values"].shape)
+    per_side = int(round(math.sqrt(config.mm_tokens_per_image)))
+    return _Grid("image", frame, per_side, per_side, frame.w / per_side, frame.h / per_side).cells()
+
+
 _GEOMETRY = {
     "llava": _geometry_llava,
+    "llava_next": lambda *a: _geometry_anyres(*a, family="llava_next"),
+    "llava_onevision": lambda *a: _geometry_anyres(*a, family="llava_onevision"),
     "qwen2_vl": _geometry_qwen2_vl,
     "qwen2_5_vl": _geometry_qwen2_vl,
+    "internvl": _geometry_internvl,
+    "idefics3": _geometry_idefics3,
+    "smolvlm": _geometry_idefics3,
+    "gemma3": _geometry_gemma3,
 }

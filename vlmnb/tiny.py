@@ -254,10 +254,177 @@ def _build_qwen(seed: int, view: int, v25: bool):
     return _finish(model, tok, seed), processor
 
 
+def _llama(tok, **extra):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                       pad_token_id=tok.pad_token_id, **{**_TEXT, **extra})
+
+
+def _qwen2(tok, **extra):
+    from transformers import Qwen2Config
+
+    return Qwen2Config(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                       pad_token_id=tok.pad_token_id, **{**_TEXT, **extra})
+
+
+def _build_llava_next(seed: int, view: int):
+    from transformers import (CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
+                              LlavaNextImageProcessor, LlavaNextProcessor)
+
+    tok = _tokenizer(["<unk>", "<s>", "</s>", "<pad>", "<image>"], bos="<s>", eos="</s>", pad="<pad>",
+                     add_bos=True, named={"image_token": "<image>"}, chat_template=_TEMPLATE_LLAVA_NEXT)
+    patch = view // 4
+    pinpoints = [[view, 2 * view], [2 * view, view], [2 * view, 2 * view], [view, 3 * view], [3 * view, view]]
+    image_processor = LlavaNextImageProcessor(size={"shortest_edge": view}, crop_size={"height": view, "width": view},
+                                              image_grid_pinpoints=pinpoints)
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch,
+                                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                   chat_template=_TEMPLATE_LLAVA_NEXT)
+    config = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(image_size=view, patch_size=patch, **_VISION), text_config=_llama(tok),
+        image_token_index=tok.convert_tokens_to_ids("<image>"), image_grid_pinpoints=pinpoints,
+        image_seq_length=(view // patch) ** 2, vision_feature_select_strategy="default", vision_feature_layer=-1,
+    )
+    with _seeded(seed):
+        model = LlavaNextForConditionalGeneration(config)
+    return _finish(model, tok, seed), processor
+
+
+_CHATML = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def _build_llava_onevision(seed: int, view: int):
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
+                              LlavaOnevisionImageProcessor, LlavaOnevisionProcessor,
+                              LlavaOnevisionVideoProcessor, SiglipVisionConfig)
+
+    tok = _tokenizer(_CHATML + ["<image>", "<video>"], eos="<|im_end|>", pad="<|endoftext|>",
+                     named={"image_token": "<image>", "video_token": "<video>"}, chat_template=_TEMPLATE_ONEVISION)
+    patch = view // 4
+    pinpoints = [[view * i, view * j] for i in range(1, 4) for j in range(1, 4)]
+    # at most 4 tiles' worth of tokens: a 3x3 tiling is pooled down (exercises the bilinear pooling)
+    aspect = "anyres_max_4"
+    image_processor = LlavaOnevisionImageProcessor(size={"height": view, "width": view}, image_grid_pinpoints=pinpoints)
+    video_processor = LlavaOnevisionVideoProcessor(size={"height": view, "width": view})
+    processor = LlavaOnevisionProcessor(image_processor=image_processor, tokenizer=tok, video_processor=video_processor,
+                                        num_image_tokens=(view // patch) ** 2, vision_feature_select_strategy="full",
+                                        vision_aspect_ratio=aspect, chat_template=_TEMPLATE_ONEVISION)
+    config = LlavaOnevisionConfig(
+        vision_config=SiglipVisionConfig(image_size=view, patch_size=patch, **_VISION), text_config=_qwen2(tok),
+        image_token_index=tok.convert_tokens_to_ids("<image>"), video_token_index=tok.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=pinpoints, vision_aspect_ratio=aspect, vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+    )
+    with _seeded(seed):
+        model = LlavaOnevisionForConditionalGeneration(config)
+    return _finish(model, tok, seed), processor
+
+
+def _build_internvl(seed: int, view: int):
+    from transformers import (GotOcr2ImageProcessor, InternVLConfig, InternVLForConditionalGeneration,
+                              InternVLProcessor, InternVLVideoProcessor, InternVLVisionConfig)
+
+    named = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+             "video_token": "<video>"}
+    tok = _tokenizer(_CHATML + list(named.values()), eos="<|im_end|>", pad="<|endoftext|>", named=named,
+                     chat_template=_TEMPLATE_INTERNVL)
+    patch = view // 8
+    seq = (view // patch // 2) ** 2
+    image_processor = GotOcr2ImageProcessor(size={"height": view, "width": view}, crop_to_patches=True,
+                                            min_patches=1, max_patches=6)
+    video_processor = InternVLVideoProcessor(size={"height": view, "width": view})
+    processor = InternVLProcessor(image_processor=image_processor, tokenizer=tok, video_processor=video_processor,
+                                  image_seq_length=seq, chat_template=_TEMPLATE_INTERNVL)
+    config = InternVLConfig(
+        vision_config=InternVLVisionConfig(image_size=[view, view], patch_size=[patch, patch], **_VISION),
+        text_config=_qwen2(tok), image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"), image_seq_length=seq,
+        downsample_ratio=0.5, vision_feature_layer=-1, vision_feature_select_strategy="default",
+    )
+    with _seeded(seed):
+        model = InternVLForConditionalGeneration(config)
+    return _finish(model, tok, seed), processor
+
+
+def _build_idefics3(seed: int, view: int, smol: bool):
+    if smol:
+        from transformers import (SmolVLMConfig as Config, SmolVLMForConditionalGeneration as Model,
+                                  SmolVLMImageProcessor as ImageProcessor, SmolVLMProcessor as Processor,
+                                  SmolVLMVideoProcessor, SmolVLMVisionConfig as VisionConfig)
+    else:
+        from transformers import (Idefics3Config as Config, Idefics3ForConditionalGeneration as Model,
+                                  Idefics3ImageProcessor as ImageProcessor, Idefics3Processor as Processor,
+                                  Idefics3VisionConfig as VisionConfig)
+    bos = "<|im_start|>" if smol else "<|begin_of_text|>"
+    row_col = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+    specials = [bos, "<|endoftext|>", "<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"]
+    template = _TEMPLATE_SMOLVLM if smol else _TEMPLATE_IDEFICS3
+    tok = _tokenizer(specials + row_col, bos=bos, eos="<end_of_utterance>", pad="<|endoftext|>",
+                     named={"image_token": "<image>", "fake_image_token": "<fake_token_around_image>",
+                            "global_image_token": "<global-img>", "end_of_utterance_token": "<end_of_utterance>"},
+                     chat_template=template)
+    patch = view // 8
+    scale = 2
+    seq = (view // patch // scale) ** 2
+    image_processor = ImageProcessor(size={"longest_edge": 2 * view}, max_image_size={"longest_edge": view},
+                                     do_image_splitting=True)
+    kwargs = {}
+    if smol:
+        kwargs["video_processor"] = SmolVLMVideoProcessor(size={"longest_edge": view},
+                                                          max_image_size={"longest_edge": view})
+    processor = Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=seq, chat_template=template,
+                          **kwargs)
+    config = Config(
+        vision_config=VisionConfig(image_size=view, patch_size=patch, **_VISION), text_config=_llama(tok),
+        image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=scale,
+    )
+    with _seeded(seed):
+        model = Model(config)
+    return _finish(model, tok, seed), processor
+
+
+def _build_gemma3(seed: int, view: int):
+    import torch
+    from transformers import (Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor,
+                              Gemma3TextConfig, SiglipVisionConfig)
+
+    named = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+    tok = _tokenizer(["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"] + list(named.values()),
+                     bos="<bos>", eos="<eos>", pad="<pad>", named=named, chat_template=_TEMPLATE_GEMMA3)
+    patch = view // 8
+    tokens_per_image = 16
+    image_processor = Gemma3ImageProcessor(size={"height": view, "width": view}, do_pan_and_scan=False)
+    processor = Gemma3Processor(image_processor=image_processor, tokenizer=tok, chat_template=_TEMPLATE_GEMMA3,
+                                image_seq_length=tokens_per_image)
+    head_dim = _TEXT["hidden_size"] // _TEXT["num_attention_heads"]
+    text = Gemma3TextConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                            pad_token_id=tok.pad_token_id, head_dim=head_dim, query_pre_attn_scalar=head_dim,
+                            sliding_window=512, layer_types=["sliding_attention", "full_attention"], **_TEXT)
+    config = Gemma3Config(
+        text_config=text, vision_config=SiglipVisionConfig(image_size=view, patch_size=patch, **_VISION),
+        mm_tokens_per_image=tokens_per_image, boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
+        eoi_token_index=tok.convert_tokens_to_ids("<end_of_image>"),
+        image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"),
+    )
+    with _seeded(seed):
+        model = Gemma3ForConditionalGeneration(config)
+        # transformers initialises this projection to zeros, which would make the image invisible
+        weight = model.model.multi_modal_projector.mm_input_projection_weight
+        with torch.no_grad():
+            weight.normal_(0.0, weight.shape[0] ** -0.5)
+    return _finish(model, tok, seed), processor
+
+
 _BUILDERS = {
     "llava": _build_llava,
+    "llava_next": _build_llava_next,
+    "llava_onevision": _build_llava_onevision,
     "qwen2_vl": lambda seed, view: _build_qwen(seed, view, v25=False),
     "qwen2_5_vl": lambda seed, view: _build_qwen(seed, view, v25=True),
+    "internvl": _build_internvl,
+    "idefics3": lambda seed, view: _build_idefics3(seed, view, smol=False),
+    "smolvlm": lambda seed, view: _build_idefics3(seed, view, smol=True),
+    "gemma3": _build_gemma3,
 }
 
 
@@ -270,8 +437,6 @@ def build(family: str, seed: int = 0, image_size: int | None = None):
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; tiny models exist for: {', '.join(FAMILIES)}")
-    if family not in _BUILDERS:
-        raise NotImplementedError(f"tiny {family} model not available yet")
     view = int(image_size or _DEFAULT_VIEW)
     if view % 16 or view <= 0:
         raise ValueError(f"image_size must be a positive multiple of 16, got {image_size}")
