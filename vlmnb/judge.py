@@ -43,6 +43,7 @@ __all__ = [
     "ExactJudge", "LLMJudge", "OfflineJudge", "JudgeCache", "default_cache_path",
     "parse_judge_answer", "load_labelled", "agreement_table", "object_agreement",
     "PROMPT_VERSION", "JUDGE_SCHEMA", "build_messages", "toy_edit_pairs", "toy_agreement",
+    "markdown_table",
 ]
 
 
@@ -831,6 +832,28 @@ def toy_agreement(judge: Any = "offline", n_scenes: int = 40, seed: int = 0, per
     out = pd.concat([table, overall])
     out.index.name = "edit"
     return out
+
+
+def markdown_table(df, digits: int = 3) -> str:
+    """A DataFrame as a Markdown pipe table (floats to ``digits`` decimals), for the book."""
+    import numbers
+
+    def cell(v):
+        if isinstance(v, bool):
+            return str(v)
+        if isinstance(v, numbers.Integral):
+            return str(int(v))
+        if isinstance(v, numbers.Real):
+            return "NaN" if math.isnan(v) else f"{v:.{digits}f}"
+        return str(v)
+
+    show_index = df.index.name is not None
+    header = ([df.index.name] if show_index else []) + [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for idx, row in zip(df.index, df.itertuples(index=False)):  # itertuples keeps int columns int
+        values = ([str(idx)] if show_index else []) + [cell(v) for v in row]
+        lines.append("| " + " | ".join(values) + " |")
+    return "\n".join(lines)
 
 
 # The offline judge lives in its own module (it loads WordNet and a sentence model, lazily);
