@@ -197,21 +197,19 @@ def default_judge() -> "Judge":
     return OfflineJudge()
 
 
-_NAMED_JUDGES: dict[str, Any] = {}
-
-
 def get_judge(judge: Any = None) -> "Judge":
     """Resolve ``None`` (default judge), a name (``"exact"``, ``"offline"``, ``"llm"``) or a judge object."""
     if judge is None:
         return default_judge()
     if isinstance(judge, str):
         key = judge.lower()
-        if key not in ("exact", "offline", "llm"):
-            raise ValueError(f"unknown judge {judge!r}: use 'exact', 'offline', 'llm' or a judge object")
-        if key not in _NAMED_JUDGES:  # reuse: the offline judge loads WordNet once
-            _NAMED_JUDGES[key] = {"exact": ExactJudge, "offline": OfflineJudge,
-                                  "llm": lambda: LLMJudge(model=os.environ.get("VLMNB_JUDGE_MODEL") or "gpt-4o")}[key]()
-        return _NAMED_JUDGES[key]
+        if key == "exact":
+            return ExactJudge()
+        if key == "offline":
+            return OfflineJudge()  # cheap: WordNet and the sentence model are loaded once per process
+        if key == "llm":
+            return LLMJudge(model=os.environ.get("VLMNB_JUDGE_MODEL") or "gpt-4o")
+        raise ValueError(f"unknown judge {judge!r}: use 'exact', 'offline', 'llm' or a judge object")
     if not callable(getattr(judge, "compare", None)):
         raise TypeError(f"{judge!r} is not a judge: it needs a compare(original, modified) method")
     return judge
@@ -324,12 +322,15 @@ class JudgeCache:
         self.path = Path(path) if path is not None else default_cache_path()
         self.timeout = timeout
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
+        con = self._connect()
+        try:
             con.execute("PRAGMA journal_mode=WAL")
             con.execute(
                 "CREATE TABLE IF NOT EXISTS judge_results ("
                 " key TEXT PRIMARY KEY, judge TEXT, model TEXT, version TEXT,"
                 " original TEXT, modified TEXT, result TEXT, created REAL)")
+        finally:
+            con.close()
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
