@@ -136,3 +136,27 @@ def test_image_path_and_array_inputs(tmp_path):
     assert a.geometry.image_size == (40, 30)
     with pytest.raises(FileNotFoundError):
         S.prepare(model, processor, tmp_path / "missing.png", "describe")
+
+
+def test_fallback_prompt_without_chat_template():
+    model, processor = built("qwen2_vl")
+    saved = processor.chat_template
+    try:
+        processor.chat_template = None
+        prep = S.prepare(model, processor, noise(32, 32), "what colour is it")
+    finally:
+        processor.chat_template = saved
+    assert prep.text == "<|image_pad|>\nwhat colour is it"
+    assert len(prep.spans.system) == 0 or prep.input_ids[0, 0] == processor.tokenizer.bos_token_id
+    assert "what colour is it" in processor.tokenizer.decode(prep.input_ids[0, prep.spans.query])
+
+
+def test_to_casts_floating_inputs_only():
+    import torch
+
+    model, processor = built("llava")
+    prep = S.prepare(model, processor, noise(32, 32), "describe")
+    moved = prep.to(dtype=torch.float64)
+    assert moved.pixel_values.dtype == torch.float64 and moved.input_ids.dtype == prep.input_ids.dtype
+    assert prep.pixel_values.dtype == torch.float32
+    assert moved.spans is prep.spans and moved.geometry is prep.geometry

@@ -659,7 +659,7 @@ def _geometry_anyres(config, processor, image_size, inputs, family):
         new_cols = int(round(W * (cur_h / H), 7))
         left = (cur_w - new_cols) // 2
     rows, cols = cur_h - 2 * top, cur_w - 2 * left
-    cell = tile_px / g
+    cell = float(p)  # a patch; the encoder ignores a remainder narrower than a patch (384px / 14px)
     out_rows, out_cols = rows, cols
     if family == "llava_onevision":
         max_tiles = int(str(getattr(config, "vision_aspect_ratio", "anyres_max_9")).strip("anyres_max_"))
@@ -690,7 +690,7 @@ def _geometry_internvl(config, processor, image_size, inputs):
         raise RuntimeError(f"internvl: tiles of {tw}x{th} for a {vis_w}x{vis_h} vision encoder are not supported")
     p = _vision_patch(config)
     per_side = int(round((vis_h // p) * config.downsample_ratio))
-    cell_h, cell_w = th / per_side, tw / per_side
+    cell_h = cell_w = p / config.downsample_ratio  # pixel shuffle merges 1/ratio x 1/ratio patches
     grids = []
     if n == 1:
         grids.append(_Grid("image", _Frame(W, H).resize(tw, th), per_side, per_side, cell_w, cell_h))
@@ -749,7 +749,7 @@ def _geometry_idefics3(config, processor, image_size, inputs):
         raise RuntimeError(f"idefics3: expected {len(grids_frames)} pictures, the processor made {n}")
     p = _vision_patch(config)
     per_side = (M // p) // int(config.scale_factor)
-    cell = M / per_side
+    cell = float(p * int(config.scale_factor))  # pixel shuffle merges scale x scale patches
     entries = []
     for name, f in grids_frames:
         entries += _Grid(name, f, per_side, per_side, cell, cell).cells()
@@ -772,7 +772,13 @@ def _geometry_gemma3(config, processor, image_size, inputs):
     frame = _Frame(*image_size).resize(_size_get(ip.size, "width"), _size_get(ip.size, "height"))
     _check_shape("gemma3", frame, inputs["pixel_values"].shape)
     per_side = int(round(math.sqrt(config.mm_tokens_per_image)))
-    return _Grid("image", frame, per_side, per_side, frame.w / per_side, frame.h / per_side).cells()
+    vis = config.vision_config.image_size
+    vis = int(vis[0] if isinstance(vis, (list, tuple)) else vis)
+    if (int(round(frame.w)), int(round(frame.h))) != (vis, vis):
+        raise RuntimeError(f"gemma3: pictures of {frame.w}x{frame.h} for a {vis}px vision encoder are not supported")
+    p = _vision_patch(config)
+    cell = float(p * ((vis // p) // per_side))  # average pooling merges kernel x kernel patches
+    return _Grid("image", frame, per_side, per_side, cell, cell).cells()
 
 
 _GEOMETRY = {
