@@ -246,6 +246,12 @@ def test_retry_exhaustion_is_reported_as_failure(env, serve):
     assert len(server.requests) == 3
 
 
+def test_body_that_is_not_a_completion_is_a_failure(env, serve):
+    server = serve((200, "<html>gateway page</html>", None))
+    r = make_judge(server).compare("o", "m")
+    assert not r.ok and math.isnan(r.f1) and r.error
+
+
 def test_unauthorised_is_not_retried(env, serve):
     server = serve((401, {"error": {"message": "bad key"}}, None))
     r = make_judge(server, max_retries=4).compare("o", "m")

@@ -654,12 +654,16 @@ class LLMJudge:
                     self._wait(attempt, None)
                     attempt += 1
                     continue
+                except openai.APIError as exc:  # e.g. a 200 whose body is not a chat completion
+                    return JudgeResult.failure(self.name, self._scrub(f"{type(exc).__name__}: {exc}"))
                 except JudgeAnswerError as exc:
                     last_error = f"unparseable answer: {exc}"
                     if parse_failures >= self.max_parse_retries:
                         return JudgeResult.failure(self.name, last_error)
                     parse_failures += 1
                     continue
+                except Exception as exc:  # noqa: BLE001 - a body the client cannot read: recorded, not raised
+                    return JudgeResult.failure(self.name, self._scrub(f"unreadable response ({type(exc).__name__}): {exc}"))
                 return score(parsed["original_objects"], parsed["modified_objects"], parsed["matches"],
                              self.name, rationale=parsed["reasoning"], warnings=parsed["warnings"])
         finally:
