@@ -219,12 +219,10 @@ def test_geometry_helpers():
 # ----------------------------------------------------------------------------- painted square, end to end
 
 
-def _local_copy(family):
-    """The family's tiny model with every linear map inside its vision encoder's transformer
-    layers zeroed: the residual layers become the identity, so each image feature depends only
-    on its own patches (patch embedding, merging, pooling and projection stay as they are)."""
-    model, processor = built(family)
-    model = copy.deepcopy(model)
+def make_local(model):
+    """Zero every linear map inside the vision encoder's transformer layers (in place): the
+    residual layers become the identity, so each image feature depends only on its own patches
+    (patch embedding, merging, pooling and projection stay as they are)."""
     emptied = 0
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.ModuleList) and ("vision" in name or "visual" in name) \
@@ -235,8 +233,13 @@ def _local_copy(family):
                     if sub.bias is not None:
                         torch.nn.init.zeros_(sub.bias)
             emptied += 1
-    assert emptied == 1, f"expected one vision layer list in {family}, found {emptied}"
-    return model, processor
+    assert emptied == 1, f"expected one vision layer list, found {emptied}"
+    return model
+
+
+def _local_copy(family):
+    model, processor = built(family)
+    return make_local(copy.deepcopy(model)), processor
 
 
 def _image_rows(model, prepared):
@@ -264,6 +267,12 @@ PAINT_CASES = [((56, 40), (4, 4, 40, 16)), ((96, 96), (60, 8, 92, 40)),
 @pytest.mark.parametrize("size,rect", PAINT_CASES)
 def test_painted_region_changes_exactly_the_tokens_that_cover_it(family, size, rect):
     model, processor = _local_copy(family)
+    assert_paint_localised(model, processor, size, rect)
+
+
+def assert_paint_localised(model, processor, size, rect):
+    """Paint ``rect`` of a flat ``size`` image: the image tokens whose boxes cover the paint must
+    change, those well away from it must not (``model`` must be local, see :func:`make_local`)."""
     W, H = size
     base = np.full((H, W, 3), 120, dtype=np.uint8)
     painted = base.copy()

@@ -58,6 +58,8 @@ def real_sized(family):
                                          chat_template=template)
     elif family in ("qwen2_vl", "qwen2_5_vl"):
         config.vision_config.patch_size = 14
+        if family == "qwen2_5_vl":
+            config.vision_config.window_size = 112
         ip = T.Qwen2VLImageProcessor()
         proc = type(small)(image_processor=ip, tokenizer=tok, video_processor=small.video_processor,
                            chat_template=template)
@@ -104,3 +106,23 @@ def test_reference_sizes_token_counts_and_boxes(family):
         assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
         # the overview view sees the centre pixel
         assert set(g.token_at(W // 2, H // 2)) & set(g.view().token_indices)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+def test_reference_sizes_painted_region_end_to_end(family):
+    """A random model at the checkpoint's image sizes (tiny widths): the tokens whose boxes cover a
+    painted region are the image tokens whose embeddings change."""
+    import torch
+    import transformers as T
+
+    from test_geometry import assert_paint_localised, make_local
+
+    config, proc = real_sized(family)
+    model_class = getattr(T, type(built(family)[0]).__name__)
+    torch.manual_seed(0)
+    model = make_local(model_class(config).eval())
+    if family == "gemma3":
+        with torch.no_grad():
+            model.model.multi_modal_projector.mm_input_projection_weight.normal_(0, 0.2)
+    assert_paint_localised(model, proc, (500, 360), (40, 200, 300, 330))
