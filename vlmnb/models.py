@@ -136,6 +136,7 @@ class Intervention:
         self._length = 0
         self._q_end: int | None = None
         self._mask_cache: dict = {}
+        self._calls = 0
 
     @property
     def recording(self) -> Recording | None:
@@ -156,6 +157,10 @@ class Intervention:
         if record is not None:
             resolve_layers(record.layers, vlm.num_layers)
         attn_modules = vlm._attention_modules()
+        if not vlm._decoder._can_set_attn_implementation():
+            raise NotImplementedError(
+                f"{type(vlm._decoder).__name__} does not dispatch attention through transformers' "
+                "AttentionInterface (remote code?), so knockouts and recording cannot be applied to it")
         self.knockouts, self.record, self._outer = knockouts, record, outer
 
         # apply: registration, attention implementation of the text decoder, hook, dispatch table
@@ -243,6 +248,7 @@ class Intervention:
                                      torch.as_tensor(np.stack(image)), first=prompt_padded - 1)
         self.recordings = []
         self._q_end = None
+        self._calls = 0
 
     def _build_plan(self, check: bool) -> None:
         if any(self._row_knockouts):
@@ -270,9 +276,13 @@ class Intervention:
         if self.recorder is not None:
             self.recorder.key_spans = self._key_spans(self._length)
             self.recorder._device_cache = {}
+            self.recorder._onehot_key = None
 
     def finish(self, n_steps_per_row: Sequence[int], meta: dict | None = None) -> list[Recording]:
         """Assemble the recordings of the bound run (one per row, trimmed to its steps)."""
+        if self._calls == 0:
+            raise RuntimeError("the model never called the vlmnb attention function, so the knockout/recording "
+                               "was not applied; this model's text decoder bypasses AttentionInterface")
         if self.recorder is None:
             self.recordings = []
         else:
@@ -295,6 +305,7 @@ class Intervention:
     def _attend(self, layer, module, query, key, value, attention_mask, **kwargs):
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+        self._calls += 1
         q_len, kv_len = query.shape[2], key.shape[2]
         q_end = self._q_end if self._q_end is not None else kv_len - 1
         q_start = q_end - q_len + 1
@@ -393,6 +404,10 @@ class Generation:
 
 def _token_offsets(tokenizer, ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
     """Decoded text and per-token character offsets, by decoding growing prefixes."""
+    if tokenizer is None:  # a bare model without processor: show ids
+        pieces = [("" if i == 0 else " ") + str(t) for i, t in enumerate(ids)]
+        ends = np.cumsum([len(p) for p in pieces]).tolist()
+        return "".join(pieces), [(e - len(p), e) for p, e in zip(pieces, ends)]
     text = tokenizer.decode(ids, skip_special_tokens=True)
     offsets, previous = [], 0
     for i in range(len(ids)):

@@ -135,6 +135,8 @@ class Recorder:
         self._device_cache: dict[str, tuple] = {}
         self.blocks: list[tuple[int, int, Any, Any]] = []  # (slot, step0, fractions, image rows)
         self._torch = torch
+        self._onehot_key = None
+        self._onehot = None
 
     def wants(self, layer: int) -> bool:
         return layer in self._slot
@@ -156,9 +158,13 @@ class Recorder:
         kv = weights.shape[-1]
         fractions = image = None
         if self.spec.fractions:
-            labels = key_spans[:, k_start:k_start + kv]  # (B, kv)
-            onehot = torch.nn.functional.one_hot(labels + 1, len(SPAN_NAMES) + 1)[..., 1:].to(weights.dtype)
-            fractions = torch.bmm(weights, onehot)  # (B, rows, 4)
+            # every full-attention layer of a step sees the same keys: build the labels once
+            key = (str(weights.device), k_start, kv)
+            if self._onehot_key != key:
+                labels = key_spans[:, k_start:k_start + kv]  # (B, kv)
+                self._onehot = torch.nn.functional.one_hot(labels + 1, len(SPAN_NAMES) + 1)[..., 1:].float()
+                self._onehot_key = key
+            fractions = torch.bmm(weights, self._onehot)  # (B, rows, 4)
         if self.spec.image_rows:
             rel = image_index - k_start  # (B, n_image)
             inside = (rel >= 0) & (rel < kv)
