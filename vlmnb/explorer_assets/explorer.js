@@ -38,7 +38,7 @@
 
   function fmt(v) {
     if (v === 0) return "0";
-    return v >= 0.01 ? v.toFixed(3) : v.toExponential(1);
+    return Math.abs(v) >= 1e-3 ? v.toPrecision(3) : v.toExponential(2);
   }
 
   function mount(root) {
