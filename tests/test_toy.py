@@ -232,3 +232,20 @@ def test_vlmnb_load_toy_uses_the_shipped_weights(shipped):
     theirs = dict(inner.named_parameters())
     name = "model.language_model.layers.0.self_attn.q_proj.weight"
     assert torch.equal(ours[name], theirs[name].to(ours[name].device, ours[name].dtype))
+
+
+def test_sink_targets_point_at_the_asked_object():
+    from vlmnb.toy.train import SequenceBuilder, TrainConfig, make_batch
+
+    processor = build_processor()
+    cfg = TrainConfig(batch_size=6, sink_layers=[1, 2], followups=6, description_first=0.0, arch=dict(TINY))
+    batch = make_batch(3, cfg, SequenceBuilder(processor))
+    assert batch["sinks"], "no existence question was sampled"
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    for b, q, keys in batch["sinks"]:
+        ids = batch["input_ids"][b]
+        assert processor.tokenizer.convert_ids_to_tokens(ids[q - 1:q + 2].tolist())[:2] == ["assistant", ":"]
+        answer = processor.tokenizer.convert_ids_to_tokens([int(ids[q + 1])])[0]
+        assert (keys == [0]) == (answer == "no")
+        if answer == "yes":
+            assert all(int(ids[k]) == image_id for k in keys)

@@ -24,9 +24,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from vlmnb.toy.model import (DEFAULT_PROMPT, NUM_IMAGE_TOKENS, ToyArchitecture, build_model, build_processor,
+from vlmnb.toy.model import (DEFAULT_PROMPT, NUM_IMAGE_TOKENS, PATCH_SIZE, ToyArchitecture, build_model, build_processor,
                              pixel_values)
-from vlmnb.toy.scenes import ASPECTS, make_scene
+from vlmnb.toy.scenes import ASPECTS, IMAGE_SIZE, make_scene, object_names
 
 TASKS = ("description",) + ASPECTS  # task ids used in the per-task loss log
 
@@ -50,6 +50,14 @@ class TrainConfig:
     lookup_share: float = 0.4         # share of follow-ups that are position look-ups (rest yes/no)
     checkpoint_every: int = 100
     arch: dict | None = None
+    # optional attention ("sink") supervision, off for the shipped `toy` model: head `sink_head` of
+    # each layer in `sink_layers`, at the answer position of existence questions, is pulled towards
+    # the asked object's patches (or towards the start token when no such object exists)
+    sink_layers: list[int] | None = None
+    sink_head: int = 0
+    sink_weight: float = 1.0
+    sink_aspects: tuple[str, ...] = ("existence",)
+    init_from: str | None = None      # fine-tune from this save_pretrained folder instead of a fresh model
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -83,8 +91,15 @@ class SequenceBuilder:
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    def encode(self, turns: list[tuple[str, str, str]]) -> tuple[list[int], list[int], list[int]]:
-        """(input_ids, labels, task ids per label) for one image followed by ``turns``."""
+    def encode(self, turns: list[tuple[str, str, str]], scene=None, sink_aspects: tuple[str, ...] = ()):
+        """(input_ids, labels, task ids per label, sink targets) for one image followed by ``turns``.
+
+        Sink targets (only for turns whose task is in ``sink_aspects``; needs ``scene``) are
+        ``(query position, key positions)``: the position that predicts the answer's first token and
+        the image-token positions of the asked object's patches, or ``[0]`` (the start token) when the
+        scene has no such object.
+        """
+        sinks = []
         image_text = self.processor.image_token * NUM_IMAGE_TOKENS
         ids = [self.tok.bos_token_id]
         labels = [-100]
@@ -96,10 +111,22 @@ class SequenceBuilder:
                 prefix = f"USER: {prompt} ASSISTANT:"
             p = self._ids(prefix)
             a = self._ids(" " + answer) + [self.eos]
+            if task in sink_aspects:
+                sinks.append((len(ids) + len(p) - 1, self._sink_keys(ids + p, prompt, scene)))
             ids += p + a
             labels += [-100] * len(p) + a
             tasks += [-1] * len(p) + [TASKS.index(task)] * len(a)
-        return ids, labels, tasks
+        return ids, labels, tasks, sinks
+
+    def _sink_keys(self, ids: list[int], prompt: str, scene) -> list[int]:
+        names = object_names(prompt)
+        masks = [m for o, m in zip(scene.objects, scene.masks) if names and o.name == names[0]]
+        if not masks:
+            return [0]
+        first_image = ids.index(self.processor.image_token_id)
+        grid = IMAGE_SIZE // PATCH_SIZE
+        union = np.any(masks, axis=0).reshape(grid, PATCH_SIZE, grid, PATCH_SIZE).sum(axis=(1, 3))
+        return [first_image + int(k) for k in np.flatnonzero(union.reshape(-1) >= 8)]
 
 
 def sample_turns(scene, rng: np.random.Generator, cfg: TrainConfig) -> list[tuple[str, str, str]]:
@@ -123,32 +150,48 @@ def make_batch(step: int, cfg: TrainConfig, builder: SequenceBuilder) -> dict:
     for b in range(cfg.batch_size):
         scene = make_scene(step * cfg.batch_size + b, split="train", seed=cfg.seed)
         images.append(scene.image)
-        seqs.append(builder.encode(sample_turns(scene, rng, cfg)))
+        seqs.append(builder.encode(sample_turns(scene, rng, cfg), scene,
+                                   cfg.sink_aspects if cfg.sink_layers else ()))
     width = max(len(s[0]) for s in seqs)
     pad = builder.tok.pad_token_id
     input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
     labels = torch.full((len(seqs), width), -100, dtype=torch.long)
     tasks = torch.full((len(seqs), width), -1, dtype=torch.long)
     attention = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, (ids, lab, tsk) in enumerate(seqs):
+    sinks = []
+    for i, (ids, lab, tsk, snk) in enumerate(seqs):
+        sinks += [(i, q, keys) for q, keys in snk]
         input_ids[i, :len(ids)] = torch.tensor(ids)
         labels[i, :len(ids)] = torch.tensor(lab)
         tasks[i, :len(ids)] = torch.tensor(tsk)
         attention[i, :len(ids)] = 1
     return {"input_ids": input_ids, "attention_mask": attention, "pixel_values": pixel_values(images),
-            "labels": labels, "tasks": tasks}
+            "labels": labels, "tasks": tasks, "sinks": sinks}
 
 
-def token_losses(model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-token cross-entropy on the next token, with the shifted labels and task ids."""
+def token_losses(model, batch, output_attentions: bool = False):
+    """Per-token cross-entropy on the next token, with the shifted labels and task ids
+    (and the attention weights when asked: the model must then run eager attention)."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                pixel_values=batch["pixel_values"])
+                pixel_values=batch["pixel_values"], output_attentions=output_attentions)
     logits = out.logits[:, :-1].float()
     labels = batch["labels"][:, 1:]
     tasks = batch["tasks"][:, 1:]
     losses = torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none")
+    if output_attentions:
+        return losses.view(labels.shape), labels, tasks, out.attentions
     return losses.view(labels.shape), labels, tasks
+
+
+def sink_loss(attentions, sinks, layers, head: int) -> torch.Tensor:
+    """Mean over supervised (sequence, question, layer) of -log(attention mass on the target keys)."""
+    terms = []
+    for layer in layers:
+        att = attentions[layer]
+        for b, q, keys in sinks:
+            terms.append(-torch.log(att[b, head, q, keys].sum() + 1e-6))
+    return torch.stack(terms).mean()
 
 
 def _save_checkpoint(out: Path, step: int, model, optimizer, cfg: TrainConfig, log_tail: dict) -> None:
@@ -209,6 +252,11 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), resume: bool = Fals
     arch = ToyArchitecture(**(cfg.arch or {}))
     cfg.arch = asdict(arch)
     model = build_model(arch, seed=cfg.seed)
+    if cfg.init_from:
+        from transformers import LlavaForConditionalGeneration
+        model.load_state_dict(LlavaForConditionalGeneration.from_pretrained(cfg.init_from).state_dict())
+    if cfg.sink_layers:
+        model.set_attn_implementation({"text_config": "eager", "vision_config": "sdpa"})
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
@@ -218,6 +266,10 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), resume: bool = Fals
     start = 0
     if resume and (out / "checkpoint" / "state.json").exists():
         start = _load_checkpoint(out, model, optimizer)
+        if (out / "log.jsonl").exists():  # drop log lines of steps after the checkpoint (they are redone)
+            kept = [line for line in (out / "log.jsonl").read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= start]
+            (out / "log.jsonl").write_text("".join(line + "\n" for line in kept))
     elif (out / "log.jsonl").exists():
         (out / "log.jsonl").unlink()
     builder = SequenceBuilder(processor)
@@ -230,9 +282,16 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), resume: bool = Fals
         for g in optimizer.param_groups:
             g["lr"] = lr
         batch = make_batch(step, cfg, builder)
-        losses, labels, tasks = token_losses(model, batch)
+        if cfg.sink_layers:
+            losses, labels, tasks, attentions = token_losses(model, batch, output_attentions=True)
+        else:
+            losses, labels, tasks = token_losses(model, batch)
         mask = labels != -100
         loss = losses[mask].mean()
+        supervised = None
+        if cfg.sink_layers and batch["sinks"]:
+            supervised = sink_loss(attentions, batch["sinks"], cfg.sink_layers, cfg.sink_head)
+            loss = loss + cfg.sink_weight * supervised
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -240,6 +299,8 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), resume: bool = Fals
         with torch.no_grad():
             entry = {"step": step + 1, "loss": round(loss.item(), 5), "lr": lr, "grad_norm": round(gnorm.item(), 4),
                      "elapsed_s": round(time.time() - t0, 2)}
+            if supervised is not None:
+                entry["loss_sink"] = round(supervised.item(), 5)
             for ti, name in enumerate(TASKS):
                 sel = tasks == ti
                 if sel.any():
@@ -287,15 +348,28 @@ def main(argv=None) -> None:
     parser.add_argument("--description-first", type=float, default=TrainConfig.description_first)
     parser.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every)
     parser.add_argument("--text-layers", type=int, default=ToyArchitecture.text_layers)
+    parser.add_argument("--lookup-share", type=float, default=TrainConfig.lookup_share)
+    parser.add_argument("--init-from", default=None, help="fine-tune from a save_pretrained folder")
+    parser.add_argument("--sink-layers", type=int, nargs="*", default=None,
+                        help="decoder layers whose head --sink-head gets attention supervision (off by default)")
+    parser.add_argument("--sink-head", type=int, default=0)
+    parser.add_argument("--sink-weight", type=float, default=1.0)
     parser.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint if present")
     args = parser.parse_args(argv)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
                       seed=args.seed, threads=args.threads, followups=args.followups,
                       description_first=args.description_first, checkpoint_every=args.checkpoint_every,
-                      arch={"text_layers": args.text_layers})
+                      arch={"text_layers": args.text_layers}, lookup_share=args.lookup_share,
+                      init_from=args.init_from, sink_layers=args.sink_layers, sink_head=args.sink_head,
+                      sink_weight=args.sink_weight)
+    if args.init_from:
+        import transformers
+        base = transformers.AutoConfig.from_pretrained(args.init_from).text_config
+        cfg.arch = {"text_layers": base.num_hidden_layers}
     if args.resume and (Path(args.out) / "checkpoint" / "state.json").exists():
         saved = json.loads((Path(args.out) / "checkpoint" / "state.json").read_text())["config"]
         saved["steps"] = args.steps  # the only thing a resume may change is where to stop
+        saved["sink_aspects"] = tuple(saved.get("sink_aspects", TrainConfig.sink_aspects))
         cfg = TrainConfig(**saved)
     train(args.out, cfg, resume=args.resume)
 
