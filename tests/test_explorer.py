@@ -20,7 +20,8 @@ import vlmnb  # noqa: E402
 from vlmnb import tiny as tiny_models  # noqa: E402
 from vlmnb.data import Sample  # noqa: E402
 from vlmnb.explorer import (Explorer, decode_data, dequantize_rows, explore, explore_sample,  # noqa: E402
-                            export_data, group_words, match_masks, quantize_rows)
+                            export_data, group_words, match_masks, quantize_rows,
+                            window_slots)
 from vlmnb.models import _token_offsets  # noqa: E402
 
 MAX_NEW = 12
@@ -91,6 +92,14 @@ def test_masks_match_whole_phrases_and_coco_synonyms():
 
 
 # ----------------------------------------------------------------------------- quantisation
+def test_layer_windows_are_clipped_and_centred():
+    assert window_slots(5, 1, 8) == (5, 5)
+    assert window_slots(5, 3, 8) == (4, 6)
+    assert window_slots(5, 4, 8) == (4, 7)
+    assert window_slots(0, 5, 8) == (0, 2) and window_slots(7, 5, 8) == (5, 7)
+    assert window_slots(3, 0, 8) == (0, 7)
+
+
 def test_quantisation_error_is_bounded_by_half_a_step():
     rng = np.random.default_rng(1)
     rows = np.concatenate([
@@ -161,8 +170,13 @@ def test_layer_subset_and_bad_inputs(tiny):
     with pytest.raises(ValueError, match="image tokens"):
         bad = type(geometry)(geometry.image_size, geometry.boxes[:-1], geometry.views)
         export_data(gen, bad)
-    with pytest.raises(ValueError, match="odd"):
-        export_data(gen, geometry, window=2)
+    with pytest.raises(ValueError, match="number of layers"):
+        export_data(gen, geometry, window=-1)
+    with pytest.raises(ValueError, match="two exported layers"):
+        export_data(gen, geometry, window=(1, 5))
+    # a (first, last) window sets the slider so that the widget averages exactly those layers
+    state = export_data(gen, geometry, window=(0, 1))["state"]
+    assert window_slots(state["layer"], state["window"], 2) == (0, 1)
     no_rows = vlm.generate(vlm.prepare(sample.image, "describe the image"), max_new_tokens=2,
                            record=vlmnb.Record(fractions=True))
     with pytest.raises(ValueError, match="image_rows=True"):

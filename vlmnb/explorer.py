@@ -214,9 +214,18 @@ def _display_size(image_size, display: int) -> tuple[int, int]:
     return max(1, int(round(W * s))), max(1, int(round(H * s)))
 
 
+def window_slots(slot: int, window: int, n_layers: int) -> tuple[int, int]:
+    """First and last exported-layer slots averaged for the slider at ``slot`` (as the widget does):
+    ``window`` layers, ``(window - 1) // 2`` of them before ``slot``, clipped; 0 means all."""
+    if window == 0:
+        return 0, n_layers - 1
+    before = (window - 1) // 2
+    return max(0, slot - before), min(n_layers - 1, slot + (window - 1 - before))
+
+
 def export_data(source, geometry, *, text: str | None = None, offsets=None, masks: dict | None = None,
                 layers=None, image=None, display: int = 320, layer: int | None = None,
-                window: int = 1, word: int | str | None = None, title: str = "") -> dict:
+                window: int | tuple[int, int] = 1, word: int | str | None = None, title: str = "") -> dict:
     """The explorer's compact, JSON-ready payload for one generation.
 
     Args:
@@ -229,8 +238,9 @@ def export_data(source, geometry, *, text: str | None = None, offsets=None, mask
         layers: recorded decoder layers to keep (default all); fewer layers, smaller page.
         image: the image (PIL); embedded as a data URI when given.
         display: longest side of the drawn image in CSS pixels.
-        layer, window, word: initial selection (decoder layer, odd window width or 0 for all
-            layers, word index or text).
+        layer, window, word: initial selection: the slider's decoder layer; how many layers
+            to average around it (0: all layers), or ``(first, last)`` decoder layers to
+            average (this sets the slider too); a word index or the word itself.
 
     Returns a dict whose ``attn`` is ``base64(uint8[L, W, N])`` (layer, word, image token with
     a box), ``attn_offset`` and ``attn_scale`` ``base64(float32[L, W])``, ``shares`` ``base64(uint8[L, W, 4])``
@@ -270,7 +280,8 @@ def export_data(source, geometry, *, text: str | None = None, offsets=None, mask
     else:
         shares = None
 
-    names = list(masks or {})
+    masks = {k: v for k, v in (masks or {}).items() if v is not None}
+    names = list(masks)
     mask_of = match_masks(text, words, names) if names else [-1] * len(words)
     size = _display_size(geometry.image_size, display)
     used = sorted({m for m in mask_of if m >= 0})
@@ -301,14 +312,21 @@ def export_data(source, geometry, *, text: str | None = None, offsets=None, mask
         word = next((i for i, m in enumerate(mask_of) if m >= 0), 0)
     if not 0 <= int(word) < len(words):
         raise ValueError(f"word index {word} out of range (0..{len(words) - 1})")
+    if isinstance(window, (tuple, list)):
+        first, last = (int(x) for x in window)
+        if first not in keep_layers or last not in keep_layers or last < first:
+            raise ValueError(f"window {tuple(window)} must name two exported layers in order (exported: "
+                             f"{keep_layers[0]}..{keep_layers[-1]})")
+        window = keep_layers.index(last) - keep_layers.index(first) + 1
+        layer = keep_layers[keep_layers.index(first) + (window - 1) // 2]
     if layer is None:
         slot = len(keep_layers) // 2
     elif int(layer) in keep_layers:
         slot = keep_layers.index(int(layer))
     else:
         raise ValueError(f"layer {layer} is not among the exported layers {keep_layers}")
-    if window < 0 or (window and window % 2 == 0):
-        raise ValueError(f"window must be an odd number of layers or 0 (all layers), got {window}")
+    if int(window) != window or window < 0:
+        raise ValueError(f"window must be a number of layers (0: all layers) or (first, last), got {window!r}")
 
     payload = {
         "v": FORMAT_VERSION,
@@ -432,8 +450,7 @@ def _static_png(image, geometry, data: dict, masks: dict | None) -> bytes:
     decoded = decode_data(data)["attention"]
     state = data["state"]
     L = len(data["layers"])
-    half = (state["window"] - 1) // 2
-    lo, hi = (0, L - 1) if state["window"] == 0 else (max(0, state["layer"] - half), min(L - 1, state["layer"] + half))
+    lo, hi = window_slots(state["layer"], state["window"], L)
     values = np.full(len(geometry.boxes), np.nan)
     values[data["token_index"]] = decoded[lo:hi + 1, state["word"]].mean(axis=0)
     word = data["words"][state["word"]]
@@ -455,7 +472,8 @@ def _static_png(image, geometry, data: dict, masks: dict | None) -> bytes:
 
 
 def explore(source, image, geometry, masks: dict | None = None, *, text: str | None = None, offsets=None,
-            layers=None, layer: int | None = None, window: int = 1, word: int | str | None = None,
+            layers=None, layer: int | None = None, window: int | tuple[int, int] = 1,
+            word: int | str | None = None,
             title: str = "", display: int = 320) -> Explorer:
     """An interactive attention explorer for one recorded generation (displays in a notebook).
 
@@ -468,8 +486,9 @@ def explore(source, image, geometry, masks: dict | None = None, *, text: str | N
         masks: optional object name -> bool mask(s) of the image (e.g. a toy or COCO
             ``Sample.masks``); a word that names the object shows its outline.
         layers: decoder layers to include (default: all recorded).
-        layer, window, word: initial selection; ``window`` is an odd number of layers to
-            average around the slider's layer, or 0 for all layers.
+        layer, window, word: initial selection; ``window`` is the number of layers to
+            average around the slider's layer (0: all layers) or ``(first, last)`` decoder
+            layers, e.g. a chapter's middle-layer window.
         title: a caption above the widget.
         display: longest side of the drawn image, in CSS pixels.
 
@@ -484,11 +503,12 @@ def explore(source, image, geometry, masks: dict | None = None, *, text: str | N
 
 
 def explore_sample(vlm, sample, prompt: str = "describe the image", max_new_tokens: int = 48,
-                   layers: Any = "all", **kwargs) -> Explorer:
+                   layers: Any = "all", masks: dict | None = None, **kwargs) -> Explorer:
     """Describe ``sample`` (a :class:`vlmnb.data.Sample` or an image) with attention recorded
     and return its :func:`explore` widget; the generation is kept as ``.generation``.
 
     ``layers``: which layers to record and show ("all", ``vlmnb.from_layer(l)``, indices).
+    ``masks``: object name -> mask, added to (and overriding) the sample's own masks.
     Other keyword arguments go to :func:`explore` (``layer``, ``window``, ``word``, ...).
     """
     from .record import Record
@@ -498,5 +518,6 @@ def explore_sample(vlm, sample, prompt: str = "describe the image", max_new_toke
     gen = vlm.generate(inp, max_new_tokens=max_new_tokens,
                        record=Record(fractions=True, image_rows=True, layers=layers))
     kwargs.setdefault("title", str(getattr(sample, "image_id", "")))
-    return explore(gen, inp.image if hasattr(inp.image, "convert") else image, inp.geometry,
-                   masks=getattr(sample, "masks", None), **kwargs)
+    all_masks = {**(getattr(sample, "masks", None) or {}), **(masks or {})}
+    return explore(gen, image if hasattr(image, "convert") else inp.image, inp.geometry,
+                   masks=all_masks or None, **kwargs)

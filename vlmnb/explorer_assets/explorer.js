@@ -90,7 +90,10 @@
     var windowLabel = el("label", {}, controls, "average over ");
     var windowSelect = el("select", { "class": "vx-window" }, windowLabel);
     var widths = [1, 3, 5, 9].filter(function (w) { return w === 1 || w < L; });
-    if (widths.indexOf(state.window) < 0 && state.window !== 0) widths.push(state.window);
+    if (widths.indexOf(state.window) < 0 && state.window !== 0) {
+      widths.push(state.window);
+      widths.sort(function (a, b) { return a - b; });
+    }
     widths.forEach(function (w) {
       el("option", { value: w }, windowSelect, w === 1 ? "this layer only" : w + " layers around it");
     });
@@ -178,9 +181,10 @@
     }
 
     function compute() {
-      var half = (state.window - 1) / 2;
-      state.lo = state.window === 0 ? 0 : Math.max(0, state.layer - half);
-      state.hi = state.window === 0 ? L - 1 : Math.min(L - 1, state.layer + half);
+      // the same rule as vlmnb.explorer.window_slots
+      var before = Math.floor((state.window - 1) / 2);
+      state.lo = state.window === 0 ? 0 : Math.max(0, state.layer - before);
+      state.hi = state.window === 0 ? L - 1 : Math.min(L - 1, state.layer + (state.window - 1 - before));
       current.fill(0);
       var n = state.hi - state.lo + 1;
       for (var l = state.lo; l <= state.hi; l++) {
