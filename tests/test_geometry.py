@@ -302,3 +302,20 @@ def assert_paint_localised(model, processor, size, rect):
     assert not changed_clearly[far].any(), f"tokens away from the paint changed: {np.flatnonzero(far & changed_clearly)}"
     # structure tokens (markers, newlines) never depend on the pixels
     assert not changed[~has].any()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pil_backend_processors_share_the_geometry(family):
+    """The PIL-backend image processors (``...ImageProcessorPil``) resize and crop like the
+    torchvision ones, so the same geometry holds for them."""
+    import transformers
+
+    model, processor = _local_copy(family)
+    processor = copy.deepcopy(processor)
+    ip = processor.image_processor
+    pil_class = getattr(transformers, type(ip).__name__ + "Pil")
+    settings = {k: v for k, v in ip.to_dict().items()
+                if not k.startswith("_") and k not in ("image_processor_type", "processor_class", "backend")}
+    processor.image_processor = pil_class(**settings)
+    assert_paint_localised(model, processor, (56, 40), (4, 4, 40, 16))

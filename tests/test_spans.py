@@ -55,6 +55,18 @@ def test_image_span_is_image_tokens_plus_structure(prepared):
     structure = image_ids != img_id
     assert np.isnan(prep.geometry.boxes[structure]).all()
     assert len(prep.geometry.boxes) == len(prep.spans.image)
+    # exact structure per family: begin/end markers, or Idefics3's per-crop tags
+    n_image = int((image_ids == img_id).sum())
+    n_markers = {"qwen2_vl": 2, "qwen2_5_vl": 2, "internvl": 2, "gemma3": 2}.get(prep.family, 0)
+    if prep.family in ("idefics3", "smolvlm"):
+        tok = processor.tokenizer
+        crops = len(prep.geometry.views) - 1
+        assert (image_ids == tok.convert_tokens_to_ids("<fake_token_around_image>")).sum() == crops + 2
+        assert sum((image_ids == tok.convert_tokens_to_ids(f"<row_{r}_col_{c}>")).sum()
+                   for r in range(1, 7) for c in range(1, 7)) == crops
+        assert (image_ids == tok.convert_tokens_to_ids("<global-img>")).sum() == 1
+    else:
+        assert len(image_ids) == n_image + n_markers
 
 
 def test_query_holds_the_prompt_words_and_the_generation_prompt(prepared):

@@ -98,3 +98,14 @@ def test_save_and_load_offline_with_auto_classes(family, tmp_path, monkeypatch):
     assert torch.allclose(la, lb, atol=1e-5)
     gen = loaded.generate(**b.inputs, max_new_tokens=4)
     assert gen.shape[1] == b.input_ids.shape[1] + 4 or loaded_proc.tokenizer.eos_token_id in gen[0].tolist()
+
+
+@pytest.mark.slow
+def test_command_line_writes_a_folder(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "vlmnb.tiny", "gemma3", str(tmp_path / "g"), "--seed", "2"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(tmp_path / "g")
+    assert (tmp_path / "g" / "model.safetensors").exists() and (tmp_path / "g" / "processor_config.json").exists()

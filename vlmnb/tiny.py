@@ -452,3 +452,21 @@ def save(family: str, path, seed: int = 0, image_size: int | None = None) -> Pat
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def main(argv=None) -> None:
+    """``python -m vlmnb.tiny FAMILY FOLDER [--seed N] [--image-size PX]``: write a tiny model folder."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m vlmnb.tiny", description=main.__doc__)
+    parser.add_argument("family", choices=FAMILIES)
+    parser.add_argument("folder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=None)
+    args = parser.parse_args(argv)
+    path = save(args.family, args.folder, seed=args.seed, image_size=args.image_size)
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
