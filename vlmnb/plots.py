@@ -309,3 +309,75 @@ def knockout_panel_html(image, baseline: str, rows: list[dict], width: int = 160
                      + f"</td><td>F1 {f1:.2f}</td></tr>")
     parts.append(f"</table><p style='font-size:0.8em'>{legend}</p>")
     return "".join(parts)
+
+
+# --- chapters 4-5: image-token redundancy (top-k) and image re-prompting
+def f1_by_k(summary, n_image: int, paper_plateau_k: float | None = 0.05, paper_f1: float | None = 0.8,
+            title: str = ""):
+    """Fig. 9 / A7 style: mean F1 (95% band) when generated tokens see only each layer's top-k
+    image tokens, against k (log axis, with the number of kept tokens under each tick)."""
+    fig, ax = figure(height=3.4)
+    sub = summary.sort_values("k")
+    ks = sub["k"].astype(float).to_numpy()
+    ax.plot(ks * 100, sub["mean"], marker="o", color=OURS_COLOR, label="ours")
+    ax.fill_between(ks * 100, sub["ci_low"], sub["ci_high"], color=OURS_COLOR, alpha=0.15)
+    if paper_plateau_k:
+        ax.axvline(paper_plateau_k * 100, color=PAPER_COLOR, ls="--", lw=1.5,
+                   label=f"paper: plateau from ~{paper_plateau_k * 100:g}% (InternVL2-76B)")
+    if paper_f1:
+        ax.axhline(paper_f1, color=PAPER_COLOR, ls=":", lw=1.5, label=f"paper: F1 > {paper_f1:g} (LLaVA-1.5, Fig. A7)")
+    ax.set_xscale("log")
+    ax.set_xticks(ks * 100, [f"{k * 100:g}%\n{max(1, int(round(k * n_image)))} tok" for k in ks])
+    ax.xaxis.set_minor_locator(mpl.ticker.NullLocator())
+    ax.set_xlabel(f"image tokens kept per layer (of {n_image})")
+    ax.set_ylabel("F1 vs. full-image description")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8, loc="lower right")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def table1_bars(ours, paper=None, title: str = ""):
+    """Table 1 at a glance: average ACC and ACC+ per method (ours as bars, the paper's as
+    purple ticks). ``ours`` / ``paper``: tables from :func:`vlmnb.reprompt.table1` /
+    :func:`vlmnb.reprompt.paper_table1`; rows are matched by the method name before any " [".
+    """
+    fig, ax = figure(height=3.4)
+    labels = [str(i) for i in ours.index]
+    names = [s.split(" [")[0] for s in labels]
+    x = np.arange(len(labels))
+    for offset, metric, alpha in [(-0.2, "ACC", 0.9), (0.2, "ACC+", 0.5)]:
+        ax.bar(x + offset, ours[("Average", metric)], 0.38, color=OURS_COLOR, alpha=alpha, label=f"ours, {metric}")
+        if paper is not None:
+            values = [paper.loc[n, ("Average", metric)] if n in paper.index else np.nan for n in names]
+            ax.plot(np.repeat(x + offset, 2).reshape(-1, 2).T + np.array([[-0.17], [0.17]]), [values, values],
+                    color=PAPER_COLOR, lw=2.5)
+    if paper is not None:
+        ax.plot([], [], color=PAPER_COLOR, lw=2.5, label="paper (InternVL2-76B, MME)")
+    ax.set_xticks(x, [n.replace(" + ", "+\n") for n in names], fontsize=8)
+    ax.set_ylabel("average over categories (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8, loc="upper right")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def reprompt_cost(cost, title: str = ""):
+    """How many times fewer KV-cache bytes and how many times faster per extra question than
+    Naive, per method (log axis; 1 = as Naive)."""
+    fig, ax = figure(height=3.2)
+    cost = cost.drop(index=[i for i in cost.index if str(i).startswith("Describe")], errors="ignore")
+    x = np.arange(len(cost))
+    ax.bar(x - 0.2, cost["fewer_kv_bytes_x"], 0.38, color=OURS_COLOR, label="x fewer KV-cache bytes")
+    ax.bar(x + 0.2, cost["faster_x"], 0.38, color=OURS_COLOR, alpha=0.45,
+           label="x faster per extra question")
+    ax.axhline(1, color="#4d4d4d", lw=1)
+    ax.set_yscale("log")
+    ax.set_xticks(x, [str(n).replace(" + ", "+\n") for n in cost.index], fontsize=8)
+    ax.set_ylabel("ratio to Naive")
+    ax.legend(fontsize=8, loc="upper left")
+    if title:
+        ax.set_title(title)
+    return fig
