@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 from pathlib import Path
 
 FAMILIES = (
