@@ -9,6 +9,7 @@ import io
 import json
 import math
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -170,6 +171,16 @@ def test_layer_subset_and_bad_inputs(tiny):
     with pytest.raises(ValueError, match="image tokens"):
         bad = type(geometry)(geometry.image_size, geometry.boxes[:-1], geometry.views)
         export_data(gen, bad)
+    # a size budget keeps every k-th layer, with a warning
+    per_layer = sum(len(full_data) for full_data in (ex.data["attn"], ex.data["attn_offset"], ex.data["attn_scale"],
+                                                     ex.data["shares"])) / 2
+    with pytest.warns(UserWarning, match="one layer in 2"):
+        halved = export_data(gen, geometry, budget_kb=1.5 * per_layer / 1000)
+    assert halved["layers"] == [0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert export_data(gen, geometry, budget_kb=None)["layers"] == [0, 1]
+        assert export_data(gen, geometry, layers=[0, 1], budget_kb=0.001)["layers"] == [0, 1]
     with pytest.raises(ValueError, match="number of layers"):
         export_data(gen, geometry, window=-1)
     with pytest.raises(ValueError, match="two exported layers"):

@@ -16,12 +16,13 @@ image token with a per-(layer, word) offset and scale (the row's minimum and ``(
 255``), so every value is within ``(max - min) / 510`` of the recorded one and a nearly uniform
 map keeps its contrast; shares are quantised with the fixed scale ``1 / 255``.
 
-Bytes per image: ``4/3 * L * W * (N + 12)`` bytes of payload (base64) for ``L`` layers,
-``W`` words and ``N`` image tokens with a box, plus the image itself, the static fallback
-figure (about 20-40 kB) and about 14 kB of script and style. Measured: the toy model (8
-layers, 81 image tokens, a 20-word description) gives about 18 kB of attention payload and
-about 50 kB of HTML in all; LLaVA-1.5-7B (32 layers, 576 tokens, 40 words) would give
-about 1 MB, so pass ``layers=range(0, 32, 2)`` there to halve it.
+Bytes per image: ``4/3 * L * W * (N + 12)`` bytes of attention payload (base64) for ``L``
+layers, ``W`` words and ``N`` image tokens with a box, plus the image, the mask outlines, the
+static fallback figure and about 19 kB of script and style. Measured on the toy model (8 layers,
+81 image tokens, a 14-word description with two masked objects): 13.9 kB of attention payload
+and 50 kB of HTML in all (image 0.5 kB, outlines 2.6 kB, static figure 9 kB). LLaVA-1.5-7B (32
+layers, 576 tokens, 40 words) would need about 1.0 MB of payload, so by default every second
+layer is kept (``budget_kb=768``; choose with ``layers=range(0, 32, 2)`` or ``budget_kb=None``).
 """
 from __future__ import annotations
 
@@ -31,7 +32,9 @@ import html
 import io
 import itertools
 import json
+import math
 import re
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -224,7 +227,8 @@ def window_slots(slot: int, window: int, n_layers: int) -> tuple[int, int]:
 
 
 def export_data(source, geometry, *, text: str | None = None, offsets=None, masks: dict | None = None,
-                layers=None, image=None, display: int = 320, layer: int | None = None,
+                layers=None, budget_kb: float | None = 768, image=None, display: int = 320,
+                layer: int | None = None,
                 window: int | tuple[int, int] = 1, word: int | str | None = None, title: str = "") -> dict:
     """The explorer's compact, JSON-ready payload for one generation.
 
@@ -236,6 +240,9 @@ def export_data(source, geometry, *, text: str | None = None, offsets=None, mask
         masks: object name -> mask (bool H x W, or a list of instance masks); words that name
             an object get its outline.
         layers: recorded decoder layers to keep (default all); fewer layers, smaller page.
+        budget_kb: with ``layers=None``, keep every k-th recorded layer (the smallest k) so
+            that the attention payload stays under this many kB, with a warning (None: keep
+            all layers, whatever the size).
         image: the image (PIL); embedded as a data URI when given.
         display: longest side of the drawn image in CSS pixels.
         layer, window, word: initial selection: the slider's decoder layer; how many layers
@@ -256,6 +263,15 @@ def export_data(source, geometry, *, text: str | None = None, offsets=None, mask
                          "pass the geometry of the input that was generated from")
     recorded = [int(x) for x in recording.layers]
     keep_layers = recorded if layers is None else [int(x) for x in layers]
+    if layers is None and budget_kb is not None:
+        n_words = len(group_words(text, offsets))
+        per_layer = 4 / 3 * n_words * (int(np.isfinite(boxes).all(axis=1).sum()) + 12)
+        step = max(1, math.ceil(per_layer * len(recorded) / (budget_kb * 1000)))
+        if step > 1:
+            keep_layers = recorded[::step]
+            warnings.warn(f"explorer: {len(recorded)} layers would need {per_layer * len(recorded) / 1e3:.0f} kB; "
+                          f"showing one layer in {step} ({len(keep_layers)} layers) to stay under {budget_kb:g} kB "
+                          "(pass layers=... or budget_kb=None to choose)", stacklevel=3)
     missing = sorted(set(keep_layers) - set(recorded))
     if missing:
         raise ValueError(f"layers {missing} were not recorded (recorded: {recorded[0]}..{recorded[-1]})")
@@ -472,7 +488,7 @@ def _static_png(image, geometry, data: dict, masks: dict | None) -> bytes:
 
 
 def explore(source, image, geometry, masks: dict | None = None, *, text: str | None = None, offsets=None,
-            layers=None, layer: int | None = None, window: int | tuple[int, int] = 1,
+            layers=None, budget_kb: float | None = 768, layer: int | None = None, window: int | tuple[int, int] = 1,
             word: int | str | None = None,
             title: str = "", display: int = 320) -> Explorer:
     """An interactive attention explorer for one recorded generation (displays in a notebook).
@@ -485,7 +501,8 @@ def explore(source, image, geometry, masks: dict | None = None, *, text: str | N
         geometry: ``vlm.prepare(image, prompt).geometry``.
         masks: optional object name -> bool mask(s) of the image (e.g. a toy or COCO
             ``Sample.masks``); a word that names the object shows its outline.
-        layers: decoder layers to include (default: all recorded).
+        layers: decoder layers to include (default: all recorded, or every k-th of them when
+            all would take more than ``budget_kb`` kB of attention data; a warning says so).
         layer, window, word: initial selection; ``window`` is the number of layers to
             average around the slider's layer (0: all layers) or ``(first, last)`` decoder
             layers, e.g. a chapter's middle-layer window.
@@ -493,10 +510,10 @@ def explore(source, image, geometry, masks: dict | None = None, *, text: str | N
         display: longest side of the drawn image, in CSS pixels.
 
     The widget is self-contained HTML (about ``4/3 * L * W * (N + 12)`` bytes of attention data
-    for L layers, W words, N image tokens; ~50 kB in all for a toy image); see the module
+    for L layers, W words, N image tokens; about 50 kB in all for a toy image); see the module
     docstring for the data format and its error bound.
     """
-    data = export_data(source, geometry, text=text, offsets=offsets, masks=masks, layers=layers,
+    data = export_data(source, geometry, text=text, offsets=offsets, masks=masks, layers=layers, budget_kb=budget_kb,
                        image=image, display=display, layer=layer, window=window, word=word, title=title)
     return Explorer(data, _static_png(image, geometry, data, masks),
                     generation=source if hasattr(source, "recording") else None)
