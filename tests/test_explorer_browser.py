@@ -5,7 +5,9 @@ built with Jupyter Book exactly like the book's chapters (``python -m vlmnb book
 also saves the recording it explored. Headless Chromium (Debian's, through Playwright) then
 hovers words and moves the layer slider, and every map the page draws is checked against that
 recording: the values the widget holds, the peak it marks and the colours on the heat canvas.
-Skipped where Chromium is absent, except in CI (CI=true), where its absence is a failure.
+The same notebook cell is also run live in JupyterLab (a local server on 127.0.0.1), where the
+output must be drawn by its script too. Skipped where Chromium is absent, except in CI
+(CI=true), where its absence is a failure; the JupyterLab test needs the ``book`` extras.
 """
 from __future__ import annotations
 
@@ -237,3 +239,80 @@ def test_without_javascript_the_static_figure_shows(explorer_book, browser):
     assert page.locator(".vlmnb-explorer .vx-live").count() == 0  # nothing was drawn by script
     assert "Static view" in page.locator(".vlmnb-explorer .vx-note").first.inner_text()
     context.close()
+
+
+@pytest.fixture(scope="module")
+def lab_server(tmp_path_factory):
+    """A JupyterLab server on 127.0.0.1 (state in a temp folder) serving a notebook to run."""
+    import socket
+    import urllib.request
+
+    pytest.importorskip("jupyterlab")
+    import nbformat
+    from vlmnb import tiny
+
+    root = tmp_path_factory.mktemp("lab")
+    model = tiny.save("llava", root / "tiny-llava")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells.append(nbformat.v4.new_code_cell(f"model = {str(model)!r}\n" + NOTEBOOK_CELLS[1][1]))
+    nbformat.write(nb, root / "check.ipynb")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = book_env(root)
+    env["OMP_NUM_THREADS"] = "1"
+    log = open(root / "lab.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={port}", "--ip=127.0.0.1",
+         "--ServerApp.token=", "--ServerApp.password=", f"--ServerApp.root_dir={root}"],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    pytest.fail("JupyterLab did not start:\n" + (root / "lab.log").read_text()[-3000:])
+                time.sleep(1)
+        yield root, f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def test_in_jupyterlab_the_output_is_live(lab_server, browser):
+    root, url = lab_server
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    errors, remote = [], []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: remote.append(r.url) if not r.url.startswith((url, "data:", "blob:", "ws://127.0.0.1")) else None)
+    page.goto(f"{url}/lab/tree/check.ipynb", wait_until="load", timeout=120_000)
+    page.click(".jp-Notebook .jp-Cell .jp-InputArea-editor", timeout=120_000)
+    page.keyboard.press("Shift+Enter")  # output made in this session is trusted: its scripts run
+    page.wait_for_selector(".vlmnb-explorer.vx-ready", timeout=240_000)
+    rec = np.load(root / "recording.npz", allow_pickle=False)
+    from vlmnb.explorer import group_words
+
+    words = [w.tokens for w in group_words(str(rec["text"]), [tuple(o) for o in rec["offsets"]])]
+    recording = {k: rec[k] for k in ("image_rows", "fractions", "layers")}
+    root_id = page.eval_on_selector(".vlmnb-explorer", "e => e.id")
+    magma = _magma()
+    spans = page.locator(".vlmnb-explorer .vx-w")
+    states = []
+    for i in (0, len(words) - 1):
+        spans.nth(i).hover()
+        states.append(_check_map(page, root_id, recording, words, magma)["state"])
+    assert [s["word"] for s in states] == [0, len(words) - 1]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "explorer_jupyterlab.png"))
+    assert not errors, f"console errors: {errors}"
+    assert not remote, f"requests beyond the local server: {remote[:3]}"
+    page.close()
