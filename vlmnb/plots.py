@@ -311,6 +311,133 @@ def knockout_panel_html(image, baseline: str, rows: list[dict], width: int = 160
     return "".join(parts)
 
 
+# --- chapter 3: localisation of fine details (owned by the localisation chapter)
+def localization_by_layer(by_layer, by_window, chance: dict, n_layers: int, paper: dict | None = None,
+                          title: str = ""):
+    """Fig. 7 / A6 style: localisation accuracy per layer (thin line, 95% band), averaged over
+    windows of consecutive layers (bars with 95% intervals), the chance level (dashed grey,
+    band = its interval) and, from ``paper`` (an entry of ``vlmnb.paper.LOCALIZATION`` plus
+    ``layers``, the paper model's depth), the paper's peak accuracy and its middle layers
+    rescaled to this model's depth."""
+    fig, ax = figure(height=3.6)
+    if len(by_window):
+        centres = (by_window["first"] + by_window["last"]) / 2
+        widths = by_window["last"] - by_window["first"] + 0.9
+        err = np.vstack([by_window["mean"] - by_window["ci_low"], by_window["ci_high"] - by_window["mean"]])
+        ax.bar(centres, by_window["mean"], widths, yerr=err, capsize=3, color=OURS_COLOR, alpha=0.3,
+               edgecolor=OURS_COLOR, error_kw={"ecolor": OURS_COLOR, "alpha": 0.8},
+               label="ours, mean over each layer window")
+    if len(by_layer):
+        ax.plot(by_layer["layer"], by_layer["mean"], marker="o", ms=3, color=OURS_COLOR, lw=1.5, label="ours, per layer")
+        ax.fill_between(by_layer["layer"].astype(float), by_layer["ci_low"], by_layer["ci_high"],
+                        color=OURS_COLOR, alpha=0.12)
+    if chance and np.isfinite(chance.get("mean", np.nan)):
+        ax.axhline(chance["mean"], color="#636363", ls="--", lw=1.2, label=f"chance ({chance['mean']:.2f})")
+        ax.axhspan(chance["ci_low"], chance["ci_high"], color="#636363", alpha=0.08)
+    if paper:
+        depth = paper.get("layers", 80)
+        if "peak_accuracy" in paper:
+            paper_line(ax, paper["peak_accuracy"], f"peak ~{paper['peak_accuracy']:.0%}")
+        lo, hi = paper.get("mid_layers", (None, None))
+        if lo is not None:
+            ax.axvspan(lo / depth * n_layers - 0.5, hi / depth * n_layers - 0.5, color=PAPER_COLOR, alpha=0.07,
+                       label=f"paper: middle layers {lo}-{hi} of {depth}, rescaled")
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("localisation accuracy\n(share of details)")
+    ax.set_xlim(-0.7, n_layers - 0.3)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def _map_on_image(ax, image, geometry, values, mask=None):
+    """Paint per-token ``values`` of the view holding the peak token over the image, mark the
+    peak's box centre with a cross and outline ``mask`` in white."""
+    values = np.asarray(values, dtype=float)
+    boxes = np.asarray(geometry.boxes, dtype=float)
+    has_box = np.isfinite(boxes).all(axis=1)
+    masked = np.where(has_box, values, -np.inf)
+    peak = int(np.argmax(masked))
+    view = next((v.name for v in geometry.views if peak in set(v.token_indices.tolist())), None)
+    heat = geometry.paint(values, view=view)
+    w, h = geometry.image_size
+    ax.imshow(image)
+    ax.imshow(np.ma.masked_invalid(heat), cmap="magma", alpha=0.6, extent=(0, w, h, 0))
+    if mask is not None:
+        ax.contour(np.asarray(mask, dtype=float), levels=[0.5], colors="white", linewidths=1.2)
+    x0, y0, x1, y1 = boxes[peak]
+    ax.plot([(x0 + x1) / 2], [(y0 + y1) / 2], marker="x", color="cyan", ms=9, mew=2.5)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    return view
+
+
+def detail_gallery(items: list, ncols: int = 2, title: str = ""):
+    """Fig. 6 style: per detail, the image with the mask outlined, and the middle-layer
+    attention of the detail's tokens over the image (peak: cyan cross, mask: white outline).
+
+    ``items``: dicts with image, geometry, mask, map, phrase, image_id (see
+    ``vlmnb.localize.gallery_items``). For tiled models the view holding the peak is drawn.
+    """
+    n = len(items)
+    if n == 0:
+        fig, ax = figure(height=1.0)
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no fine details to show", ha="center", va="center")
+        return fig
+    ncols = max(1, min(ncols, n))
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = figure(nrows, 2 * ncols, height=2.3 * nrows + 0.4)
+    axes = np.atleast_2d(axes)
+    for k in range(nrows * ncols):
+        a_img, a_map = axes[k // ncols, 2 * (k % ncols)], axes[k // ncols, 2 * (k % ncols) + 1]
+        if k >= n:
+            a_img.axis("off")
+            a_map.axis("off")
+            continue
+        it = items[k]
+        a_img.imshow(it["image"])
+        if it.get("mask") is not None:
+            a_img.contour(np.asarray(it["mask"], dtype=float), levels=[0.5], colors="white", linewidths=1.2)
+        a_img.set_xticks([])
+        a_img.set_yticks([])
+        a_img.grid(False)
+        a_img.set_title(f"{it['image_id']}", fontsize=8)
+        view = _map_on_image(a_map, it["image"], it["geometry"], it["map"], it.get("mask"))
+        a_map.set_title(f"\u201c{it['phrase']}\u201d" + (f" ({view})" if view and view != "image" else ""), fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def detail_text_html(items: list) -> str:
+    """The descriptions of gallery ``items`` as HTML, each detail's mention highlighted
+    (characters ``span`` of ``text``)."""
+    import html
+
+    by_text: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for it in items:
+        by_text.setdefault((it["image_id"], it["text"]), []).append(tuple(it["span"]))
+    parts = []
+    for (image_id, text), spans in by_text.items():
+        out, last = [], 0
+        for s, e in sorted(set(spans)):
+            if s < last:
+                continue
+            out.append(html.escape(text[last:s]))
+            out.append(f'<span style="background:{HIGHLIGHT["missed"]};border-radius:3px;padding:0 2px">'
+                       f"{html.escape(text[s:e])}</span>")
+            last = e
+        out.append(html.escape(text[last:]))
+        parts.append(f"<p style='font-size:0.85em'><b>{html.escape(str(image_id))}</b>: {''.join(out)}</p>")
+    return "".join(parts)
+
+
 # --- chapters 4-5: image-token redundancy (top-k) and image re-prompting
 def f1_by_k(summary, n_image: int, paper_plateau_k: float | None = 0.05, paper_f1: float | None = 0.8,
             title: str = ""):
