@@ -3,9 +3,11 @@ and memory kept by recording vs ``output_attentions``.
 
     python scripts/bench_engine.py [--layers 12] [--hidden 1024] [--new-tokens 100] [--repeats 2]
 
-Each measurement runs in its own subprocess (one torch thread) so peak RSS is per mode. Modes:
-plain (SDPA generate), knockout (image -> generated from the middle layer on), record
-(fractions), record+rows (fractions and image rows), eager+output_attentions (the usual way).
+Timings run interleaved in one process (one torch thread; best of --repeats, as the cores may be
+shared). Memory runs each mode once in a fresh subprocess: bytes kept per sample and peak RSS
+growth. Modes: plain (SDPA generate), knockout (image -> generated from the middle layer on),
+record (span fractions), record+rows (fractions and image rows), output_attentions (eager
+attention with ``output_attentions=True``, the usual way; memory only).
 The model is random: only timing and memory mean anything here.
 """
 from __future__ import annotations
@@ -55,46 +57,72 @@ def build(args):
     return model, inputs, spans
 
 
-def run_mode(args) -> dict:
+def _spec(mode: str, layers: int) -> dict:
+    import vlmnb
+
+    if mode == "knockout":
+        return {"knockout": vlmnb.Knockout("image", "generated", vlmnb.from_layer(layers // 2))}
+    if mode == "record":
+        return {"record": vlmnb.Record(fractions=True)}
+    if mode == "record+rows":
+        return {"record": vlmnb.Record(fractions=True, image_rows=True)}
+    return {}
+
+
+class _Prepared:
+    """The two fields VLM.generate reads from a prepared input."""
+
+    def __init__(self, inputs, spans):
+        self.inputs, self.spans = inputs, spans
+
+
+def timing(args) -> dict[str, list[float]]:
+    """Interleaved in-process timings of the SDPA modes (one model, one thread)."""
     import torch
 
-    import vlmnb
     from vlmnb.models import VLM
 
     torch.set_num_threads(1)
     model, inputs, spans = build(args)
-
-    class _Inp:  # what VLM.generate needs from a prepared input
-        pass
-
-    inp = _Inp()
-    inp.inputs, inp.spans = inputs, spans
     vlm = VLM(model, None, name="bench", family="llava")
+    inp = _Prepared(inputs, spans)
+    modes = [m for m in args.modes.split(",") if m != "output_attentions"]
+    vlm.generate(inp, max_new_tokens=2)  # warm-up
+    times: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
+    for repeat in range(args.repeats):
+        for mode in modes:
+            # CPU time of this one-thread process is robust to other jobs sharing the cores
+            w0, c0 = time.perf_counter(), time.process_time()
+            out = vlm.generate(inp, max_new_tokens=args.new_tokens, **_spec(mode, args.layers))
+            times[mode].append((time.process_time() - c0, time.perf_counter() - w0))
+            assert len(out.token_ids) == args.new_tokens
+            print(f"  [{repeat + 1}/{args.repeats}] {mode:12s} cpu {times[mode][-1][0]:6.1f} s, "
+                  f"wall {times[mode][-1][1]:6.1f} s", flush=True)
+    return times
+
+
+def memory(args) -> dict:
+    """One run of ``args.mode`` in this (fresh) process: bytes kept per sample and peak RSS growth."""
+    import torch
+
+    from vlmnb.models import VLM
+
+    torch.set_num_threads(1)
+    model, inputs, spans = build(args)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kept = 0
     t0 = time.perf_counter()
     if args.mode == "output_attentions":
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=args.new_tokens, do_sample=False,
                                  output_attentions=True, return_dict_in_generate=True)
         kept = sum(a.numel() * a.element_size() for step in out.attentions for a in step)
-        n = out.sequences.shape[1] - inputs["input_ids"].shape[1]
     else:
-        kw = {}
-        if args.mode == "knockout":
-            kw["knockout"] = vlmnb.Knockout("image", "generated", vlmnb.from_layer(args.layers // 2))
-        elif args.mode == "record":
-            kw["record"] = vlmnb.Record(fractions=True)
-        elif args.mode == "record+rows":
-            kw["record"] = vlmnb.Record(fractions=True, image_rows=True)
-        gen = vlm.generate(inp, max_new_tokens=args.new_tokens, **kw)
-        n = len(gen.token_ids)
-        if gen.recording is not None:
-            kept = gen.recording.nbytes
+        vlm = VLM(model, None, name="bench", family="llava")
+        out = vlm.generate(_Prepared(inputs, spans), max_new_tokens=args.new_tokens, **_spec(args.mode, args.layers))
+        kept = out.recording.nbytes if out.recording is not None else 0
     seconds = time.perf_counter() - t0
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"mode": args.mode, "seconds": seconds, "tokens": n, "kept_bytes": kept,
-            "peak_rss_growth_mb": (rss1 - rss0) / 1024}
+    return {"mode": args.mode, "seconds": seconds, "kept_bytes": kept, "peak_rss_growth_mb": (rss1 - rss0) / 1024}
 
 
 def main() -> None:
@@ -102,38 +130,48 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--new-tokens", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode:
-        print(json.dumps(run_mode(args)))
+        print(json.dumps(memory(args)))
         return
 
-    modes = args.modes.split(",")
-    results: dict[str, list[dict]] = {m: [] for m in modes}
+    print("timing (interleaved, one process):", flush=True)
+    times = timing(args)
+    print("memory (one fresh process per mode):", flush=True)
+    mem = {}
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    for repeat in range(args.repeats):  # interleaved so that load changes hit every mode alike
-        for mode in modes:
-            cmd = [sys.executable, __file__, "--mode", mode, "--layers", str(args.layers),
-                   "--hidden", str(args.hidden), "--new-tokens", str(args.new_tokens)]
-            line = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout.strip()
-            results[mode].append(json.loads(line.splitlines()[-1]))
-            print(f"  [{repeat + 1}/{args.repeats}] {mode:18s} {results[mode][-1]['seconds']:.1f} s", flush=True)
+    for mode in ("plain", "record", "record+rows", "output_attentions"):
+        if mode not in args.modes.split(","):
+            continue
+        cmd = [sys.executable, __file__, "--mode", mode, "--layers", str(args.layers),
+               "--hidden", str(args.hidden), "--new-tokens", str(args.new_tokens)]
+        line = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+        mem[mode] = json.loads(line.splitlines()[-1])
+        print(f"  {mode:18s} kept {mem[mode]['kept_bytes'] / 1e6:9.3f} MB, "
+              f"peak RSS +{mem[mode]['peak_rss_growth_mb']:.0f} MB", flush=True)
 
-    base = min(r["seconds"] for r in results["plain"]) if "plain" in results else None
+    base_cpu = min(c for c, _ in times["plain"]) if "plain" in times else None
+    base_wall = min(w for _, w in times["plain"]) if "plain" in times else None
     print(f"\nmedium random LLaVA: {args.layers} layers, hidden {args.hidden}, 576 image tokens, "
-          f"{args.new_tokens} new tokens, 1 thread, best of {args.repeats}")
-    print(f"{'mode':20s} {'seconds':>8s} {'tokens/s':>9s} {'time vs plain':>14s} {'kept per sample':>16s} "
-          f"{'peak RSS growth':>16s}")
-    for mode in modes:
-        best = min(results[mode], key=lambda r: r["seconds"])
-        ratio = f"{best['seconds'] / base:.3f}x" if base else "-"
-        kept = best["kept_bytes"]
-        kept_s = ("-" if not kept else f"{kept / 1e3:.1f} kB" if kept < 1e6 else f"{kept / 1e6:.1f} MB")
-        print(f"{mode:20s} {best['seconds']:8.1f} {best['tokens'] / best['seconds']:9.2f} {ratio:>14s} "
-              f"{kept_s:>16s} {best['peak_rss_growth_mb']:13.0f} MB")
-
+          f"{args.new_tokens} new tokens, 1 thread; best of {args.repeats} interleaved runs")
+    print(f"{'mode':18s} {'cpu s':>7s} {'tokens/cpu-s':>12s} {'cpu vs plain':>13s} {'wall vs plain':>14s} "
+          f"{'kept per sample':>16s} {'peak RSS growth':>16s}")
+    for mode in list(times) + [m for m in mem if m not in times]:
+        if mode in times:
+            cpu = min(c for c, _ in times[mode])
+            wall = min(w for _, w in times[mode])
+            cpu_ratio, wall_ratio = f"{cpu / base_cpu:.3f}x", f"{wall / base_wall:.3f}x"
+        else:
+            cpu, cpu_ratio, wall_ratio = mem[mode]["seconds"], "(eager,", "1 run, wall)"
+        kept = mem.get(mode, {}).get("kept_bytes", 0)
+        kept_s = "-" if not kept else f"{kept / 1e3:.1f} kB" if kept < 1e6 else f"{kept / 1e6:.1f} MB"
+        rss = f"{mem[mode]['peak_rss_growth_mb']:.0f} MB" if mode in mem else "-"
+        print(f"{mode:18s} {cpu:7.1f} {args.new_tokens / cpu:12.2f} {cpu_ratio:>13s} {wall_ratio:>14s} "
+              f"{kept_s:>16s} {rss:>16s}")
+    print("peak RSS growth: beyond the peak reached while building the model (0 = no new peak)")
 
 if __name__ == "__main__":
     main()

@@ -163,3 +163,27 @@ def test_gemma3_sliding_window_positions():
     # the window makes a knockout of query+generated empty a generated row: rejected up front
     with pytest.raises(ValueError, match="every key"):
         vlm.generate(inp, 3, knockout=vlmnb.Knockout(("query", "generated"), "generated", [window_layer]))
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_load_saved_folder_prepare_from_path_and_generate(family, tmp_path):
+    from PIL import Image
+
+    folder = tiny.save(family, tmp_path / family)
+    vlm = vlmnb.load(folder)
+    assert vlm.family == family and vlm.num_layers == vlm.model.config.text_config.num_hidden_layers
+    assert vlm.image_token_id == vlm.model.config.image_token_id
+    picture = tmp_path / "picture.png"
+    Image.fromarray(_image(7)).save(picture)
+    inp = vlm.prepare(picture, "describe the image")
+    ids = inp.input_ids[0].numpy()
+    assert (ids[inp.spans.image] == vlm.image_token_id).sum() == (ids == vlm.image_token_id).sum() > 0
+    out = vlm.generate(inp, 6, record=vlmnb.Record())
+    assert "".join(out.tokens) == out.text and len(out.offsets) == len(out.token_ids) == 6
+    for i, (start, end) in enumerate(out.offsets):
+        if end > start:
+            assert i in out.tokens_in(start, end)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    with pytest.raises(ValueError, match="cannot read"):
+        vlm.prepare(broken)

@@ -316,7 +316,7 @@ class Intervention:
         mask = attention_mask
         plan = self.plan.layers[layer] if self.plan is not None else None
         if plan is not None and plan.touches(q_start, q_end + 1):
-            mask = self._knockout_mask(plan, attention_mask, q_start, q_len, k_start, kv_len, module)
+            mask = self._knockout_mask(plan, attention_mask, q_start, q_len, k_start, kv_len, module, query.device)
         out, _ = sdpa_attention_forward(module, query, key, value, mask, **kwargs)
         recorder = self.recorder
         if recorder is not None and recorder.wants(layer):
@@ -330,18 +330,18 @@ class Intervention:
                 recorder.observe(layer, weights, k_start, r_start - recorder.first)
         return out, None
 
-    def _knockout_mask(self, plan, base, q_start, q_len, k_start, kv_len, module):
+    def _knockout_mask(self, plan, base, q_start, q_len, k_start, kv_len, module, device):
         import torch
 
-        cache_key = (id(plan), id(base) if base is not None else None, q_start, q_len, k_start, kv_len)
+        # layers sharing a LayerPlan (and base mask, and device) share the combined mask of a step
+        cache_key = (id(plan), id(base) if base is not None else None, q_start, q_len, k_start, kv_len,
+                     str(device), getattr(module, "is_causal", True))
         cached = self._mask_cache.get(cache_key)
         if cached is not None:
             return cached
-        device = module.o_proj.weight.device if hasattr(module, "o_proj") else None
-        if base is not None:
-            device = base.device
-        blocked = plan.blocked(slice(q_start, q_start + q_len), slice(k_start, k_start + kv_len),
-                               device or "cpu")
+        if base is not None and base.device != device:
+            base = base.to(device)
+        blocked = plan.blocked(slice(q_start, q_start + q_len), slice(k_start, k_start + kv_len), device)
         if base is None:
             if q_len > 1 and getattr(module, "is_causal", True):
                 q_pos = torch.arange(q_start, q_start + q_len, device=blocked.device)
