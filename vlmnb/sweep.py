@@ -139,18 +139,28 @@ def topk_dropped(image_attention: np.ndarray, image_positions: np.ndarray, k: fl
     return dropped
 
 
-def _generate_unit(vlm, inp, config: Config, max_new_tokens: int, baseline_attention=None) -> list[dict]:
+def _unit_rows(config: Config, out) -> list[dict]:
+    """The store rows of one configuration's generation (the baseline adds its image attention)."""
+    rows = [{"metric": "description", "text": out.text, "value": float(len(out.token_ids))}]
     if config.kind == "baseline":
-        out = vlm.generate(inp, max_new_tokens=max_new_tokens, record=Record(fractions=False, image_rows=True))
-        rows = [{"metric": "description", "text": out.text, "value": float(len(out.token_ids))}]
         att = out.recording.image_rows.mean(axis=1)  # (layers, n_image)
         for layer, values in zip(out.recording.layers, att):
             rows += [{"metric": "image_attention", "layer": int(layer), "token": j, "value": float(v)}
                      for j, v in enumerate(values)]
-        return rows
+    return rows
+
+
+def _baseline_record() -> Record:
+    return Record(fractions=False, image_rows=True)
+
+
+def _generate_unit(vlm, inp, config: Config, max_new_tokens: int, baseline_attention=None) -> list[dict]:
+    if config.kind == "baseline":
+        out = vlm.generate(inp, max_new_tokens=max_new_tokens, record=_baseline_record())
+        return _unit_rows(config, out)
     knockouts = config.knockouts(baseline_attention, inp.spans.image)
     out = vlm.generate(inp, max_new_tokens=max_new_tokens, knockout=knockouts or None)
-    return [{"metric": "description", "text": out.text, "value": float(len(out.token_ids))}]
+    return _unit_rows(config, out)
 
 
 def _baseline_attention(store: ResultStore, model: str, image_id: str) -> np.ndarray:
@@ -160,16 +170,7 @@ def _baseline_attention(store: ResultStore, model: str, image_id: str) -> np.nda
     return df.pivot_table(index="layer", columns="token", values="value").to_numpy()
 
 
-def run(vlm, samples: Sequence, configs: Sequence[Config], store: ResultStore, *,
-          prompt: str = "describe the image", max_new_tokens: int = 64, progress: bool = True) -> pd.DataFrame:
-    """Generate every configuration for every sample into ``store``; returns the store's rows.
-
-    Units already in the store are skipped, so an interrupted sweep resumes without loss or
-    duplicates. The baseline is always run first for each image (configurations are judged
-    against it, and top-k ones are built from its attention).
-    """
-    from tqdm.auto import tqdm
-
+def _sorted_configs(configs: Sequence[Config]) -> list[Config]:
     configs = list(configs)
     if not any(c.kind == "baseline" for c in configs):
         configs = [Config("baseline")] + configs
@@ -177,6 +178,31 @@ def run(vlm, samples: Sequence, configs: Sequence[Config], store: ResultStore, *
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
         raise ValueError("two configurations of the sweep have the same name")
+    return configs
+
+
+def run(vlm, samples: Sequence, configs: Sequence[Config], store: ResultStore, *,
+        prompt: str = "describe the image", max_new_tokens: int = 64, progress: bool = True,
+        batch: bool = True, max_batch_rows: int = 32) -> pd.DataFrame:
+    """Generate every configuration for every sample into ``store``; returns the store's rows.
+
+    Units already in the store are skipped, so an interrupted sweep resumes without loss or
+    duplicates. The baseline is always run first for each image (configurations are judged
+    against it, and top-k ones are built from its attention).
+
+    ``batch=True`` (default) generates the configurations of one image together: the
+    system and image tokens run once, and up to ``max_batch_rows`` configurations decode
+    as the rows of one batch (see :mod:`vlmnb.batched`); the texts are those of
+    ``batch=False``, which runs one :meth:`~vlmnb.models.VLM.generate` per configuration.
+    """
+    if max_batch_rows < 1:
+        raise ValueError(f"max_batch_rows must be at least 1, got {max_batch_rows}")
+    configs = _sorted_configs(configs)
+    if batch:
+        _run_batched(vlm, samples, configs, store, prompt, max_new_tokens, progress, max_batch_rows)
+        return store.frame()
+    from tqdm.auto import tqdm
+
     total = len(samples) * len(configs)
     bar = tqdm(total=total, desc="generating", unit="run", disable=not progress)
     for sample in samples:
@@ -197,6 +223,67 @@ def run(vlm, samples: Sequence, configs: Sequence[Config], store: ResultStore, *
         store.flush()
     bar.close()
     return store.frame()
+
+
+def image_batches(configs: Sequence[Config], max_batch_rows: int) -> list[list[Config]]:
+    """How :func:`run` groups one image's configurations into batches.
+
+    The baseline (when listed) is the first row of the first batch, which it shares with the
+    configurations that do not need its attention; top-k configurations, built from the
+    baseline's attention, come in later batches. Every batch has at most ``max_batch_rows``.
+    """
+    head = [c for c in configs if c.kind == "baseline"]
+    plain = [c for c in configs if c.kind not in ("baseline", "top-k")]
+    topk = [c for c in configs if c.kind == "top-k"]
+    first = head + plain
+    batches = [first[i:i + max_batch_rows] for i in range(0, len(first), max_batch_rows)]
+    batches += [topk[i:i + max_batch_rows] for i in range(0, len(topk), max_batch_rows)]
+    return batches
+
+
+def _run_batched(vlm, samples, configs, store, prompt, max_new_tokens, progress, max_batch_rows) -> None:
+    import time
+
+    from tqdm.auto import tqdm
+
+    from . import batched
+
+    n_images = len(samples)
+    bar = tqdm(total=n_images * len(configs), desc="generating", unit="config", disable=not progress)
+    tokens, started = 0, time.monotonic()
+    for done_images, sample in enumerate(samples):
+        image_id = str(sample.image_id)
+
+        def key(config):
+            return {"model": vlm.name, "image_id": image_id, "config": config.name}
+
+        todo = [c for c in configs if not store.done(key(c))]
+        bar.update(len(configs) - len(todo))
+        if todo:
+            inp = vlm.prepare(sample.image, prompt=prompt)
+            prefix = None
+            baseline_attention = None
+            for group in image_batches(todo, max_batch_rows):
+                if any(c.kind == "top-k" for c in group) and baseline_attention is None:
+                    baseline_attention = _baseline_attention(store, vlm.name, image_id)
+                row_knockouts = [c.knockouts(baseline_attention, inp.spans.image) for c in group]
+                shareable = batched.supports_prefix(vlm) and not any(
+                    batched.blocks_prefix(k, inp, vlm.num_layers) for k in row_knockouts)
+                if shareable and prefix is None:
+                    prefix = batched.compute_prefix(vlm, inp)
+                record = _baseline_record() if group[0].kind == "baseline" else None
+                outs = batched.generate_rows(vlm, inp, row_knockouts, max_new_tokens, record=record,
+                                             prefix=prefix if shareable else False)
+                for config, out in zip(group, outs):
+                    store.put(key(config), _unit_rows(config, out))
+                    tokens += len(out.token_ids)
+                bar.update(len(group))
+                rate = tokens / max(time.monotonic() - started, 1e-9)
+                bar.set_postfix_str(f"image {done_images + 1}/{n_images} {image_id} | {rate:.1f} tok/s")
+            store.flush()
+        bar.set_postfix_str(f"images {done_images + 1}/{n_images} | "
+                            f"{tokens / max(time.monotonic() - started, 1e-9):.1f} tok/s")
+    bar.close()
 
 
 def config_table(configs: Sequence[Config]) -> pd.DataFrame:

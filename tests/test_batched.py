@@ -1,0 +1,206 @@
+"""Batched shared-prefix sweeps give exactly the per-configuration results (tiny LLaVA and Qwen2-VL)."""
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from vlmnb import batched, sweep, tiny  # noqa: E402
+from vlmnb.knockout import Knockout, from_layer  # noqa: E402
+from vlmnb.models import VLM  # noqa: E402
+from vlmnb.store import ResultStore  # noqa: E402
+
+FAMILIES = ["llava", "qwen2_vl"]
+NEW = 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def vlm(request):
+    model, processor = tiny.build(request.param)
+    return VLM(model, processor, name=f"tiny-{request.param}")
+
+
+def _image(seed):
+    return (np.random.default_rng(seed).random((40, 56, 3)) * 255).astype(np.uint8)
+
+
+def _samples(n=2):
+    return [SimpleNamespace(image_id=f"img{i}", image=_image(i)) for i in range(n)]
+
+
+def _configs(vlm):
+    grid = sweep.knockout_configs(vlm.num_layers, stride=1, window=(1, 1))
+    return grid + sweep.topk_configs([0.25, 0.5])[1:]
+
+
+def _vision_calls(vlm):
+    """A list that grows by one per image the vision encoder encodes."""
+    inner = vlm.model.model
+    module = next(getattr(inner, name) for name in ("vision_tower", "visual") if hasattr(inner, name))
+    calls = []
+
+    def count(module, args, kwargs, output):  # images encoded in this call
+        grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+        pixels = kwargs.get("pixel_values", args[0] if args else None)
+        calls.extend([1] * int(grid.shape[0] if grid is not None else pixels.shape[0]))
+
+    handle = module.register_forward_hook(count, with_kwargs=True)
+    return calls, handle
+
+
+def test_image_knockouts_leave_the_prefix_unchanged(vlm):
+    """src=image knockouts never change system/image positions; dst=generated not the query either."""
+    inp = vlm.prepare(_image(0))
+    n = batched.prefix_length(inp)
+    assert 0 < n < inp.spans.prompt_length and n == int(inp.spans.query[0])
+    base = vlm.forward(inp)
+    for kind, dst in sweep.KINDS.items():
+        ko = Knockout("image", dst)
+        assert not batched.blocks_prefix(ko, inp, vlm.num_layers)
+        out = vlm.forward(inp, knockout=ko)
+        assert torch.allclose(out[0, :n], base[0, :n], atol=1e-5), kind
+        after_image = (out[0, n:] - base[0, n:]).abs().max().item()
+        if dst == "generated":  # the query positions are the baseline's too
+            assert after_image <= 1e-5
+        else:
+            assert after_image > 1e-3
+    assert batched.blocks_prefix(Knockout("system", "image"), inp, vlm.num_layers)
+
+
+def _reference(vlm, inp, row_knockouts, new=NEW):
+    return [vlm.generate(inp, max_new_tokens=new, knockout=k or None).token_ids for k in row_knockouts]
+
+
+def test_rows_equal_single_runs_with_eos_at_different_steps(vlm):
+    """Every sweep configuration (top-k included), rows ending at different lengths."""
+    inp = vlm.prepare(_image(3))
+    baseline = vlm.generate(inp, max_new_tokens=NEW, record=sweep._baseline_record())
+    attention = baseline.recording.image_rows.mean(axis=1)
+    configs = _configs(vlm)
+    rows = [c.knockouts(attention, inp.spans.image) for c in configs]
+    gen_config = vlm.model.generation_config
+    saved_eos = gen_config.eos_token_id
+    try:
+        gen_config.eos_token_id = None
+        free = _reference(vlm, inp, rows)
+        # an end-of-sequence id that some rows produce early and others late or never
+        counts = {}
+        for ids in free:
+            for t in set(ids[1:-1]):
+                counts[t] = counts.get(t, 0) + 1
+        gen_config.eos_token_id = min(counts, key=lambda t: (abs(counts[t] - len(rows) / 2), t))
+        expected = _reference(vlm, inp, rows)
+        assert len({len(ids) for ids in expected}) > 1, "the test needs rows of different lengths"
+        calls, handle = _vision_calls(vlm)
+        try:
+            got = [g.token_ids for g in batched.generate_rows(vlm, inp, rows, NEW)]
+        finally:
+            handle.remove()
+        assert len(calls) == 1  # the image ran once for all rows
+        assert got == expected
+    finally:
+        gen_config.eos_token_id = saved_eos
+
+
+def test_rows_blocking_the_prefix_fall_back_and_still_match(vlm):
+    inp = vlm.prepare(_image(4))
+    rows = [None, Knockout("system", "image"), [Knockout("image", "generated", from_layer(1))]]
+    calls, handle = _vision_calls(vlm)
+    try:
+        got = [g.token_ids for g in batched.generate_rows(vlm, inp, rows, NEW)]
+    finally:
+        handle.remove()
+    assert len(calls) == len(rows)  # no shared prefix: every row ran its image
+    assert got == _reference(vlm, inp, rows)
+
+
+def _frame(store):
+    df = store.frame()
+    cols = ["image_id", "config", "metric", "layer", "token"]
+    return df.sort_values(cols).reset_index(drop=True)
+
+
+def test_batched_sweep_equals_sequential_sweep(vlm, tmp_path):
+    samples, configs = _samples(2), _configs(vlm)
+    with ResultStore(tmp_path / "seq", {"m": vlm.name}) as store:
+        seq = _frame_after(sweep.run(vlm, samples, configs, store, max_new_tokens=NEW, progress=False, batch=False))
+    calls, handle = _vision_calls(vlm)
+    try:
+        with ResultStore(tmp_path / "bat", {"m": vlm.name}) as store:
+            bat = _frame_after(sweep.run(vlm, samples, configs, store, max_new_tokens=NEW, progress=False,
+                                         batch=True, max_batch_rows=4))
+    finally:
+        handle.remove()
+    assert len(calls) == len(samples)
+    desc = lambda df: df[df.metric == "description"][["image_id", "config", "text", "value"]].reset_index(drop=True)  # noqa: E731
+    assert len(desc(seq)) == len(samples) * len(configs)
+    assert desc(bat).equals(desc(seq))
+    att = lambda df: df[df.metric == "image_attention"]  # noqa: E731
+    assert len(att(bat)) == len(att(seq)) > 0
+    assert np.allclose(att(bat).value.to_numpy(), att(seq).value.to_numpy(), atol=1e-6)
+
+
+def _frame_after(df):
+    return df.sort_values(["image_id", "config", "metric", "layer", "token"]).reset_index(drop=True)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_interrupted_batched_sweep_resumes_without_loss_or_duplicates(vlm, tmp_path):
+    samples, configs = _samples(2), _configs(vlm)
+    with ResultStore(tmp_path / "whole", {"m": vlm.name}) as store:
+        whole = _frame_after(sweep.run(vlm, samples, configs, store, max_new_tokens=NEW, progress=False,
+                                       max_batch_rows=3))
+    original = vlm.generate_batch
+    calls = []
+
+    def failing(*args, **kwargs):  # a crash (Ctrl-C, a killed job) in the middle of the second image
+        calls.append(1)
+        if len(calls) == 6:
+            raise _Interrupt
+        return original(*args, **kwargs)
+
+    vlm.generate_batch = failing
+    try:
+        with pytest.raises(_Interrupt), ResultStore(tmp_path / "cut", {"m": vlm.name}) as store:
+            sweep.run(vlm, samples, configs, store, max_new_tokens=NEW, progress=False, max_batch_rows=3)
+    finally:
+        del vlm.generate_batch
+    partial = ResultStore.open(tmp_path / "cut")
+    assert 0 < len(partial) < len(samples) * len(configs)
+    partial.close()
+    with ResultStore(tmp_path / "cut", {"m": vlm.name}) as store:
+        resumed = _frame_after(sweep.run(vlm, samples, configs, store, max_new_tokens=NEW, progress=False,
+                                         max_batch_rows=3))
+        assert len(store) == len(samples) * len(configs)
+    keys = ["image_id", "config", "metric", "layer", "token"]
+    assert not resumed.duplicated(keys).any()
+    pd_cols = ["image_id", "config", "metric", "layer", "token", "text", "value"]
+    assert resumed[pd_cols].equals(whole[pd_cols])
+
+
+def test_image_batches_put_the_baseline_first_and_topk_after_it():
+    configs = sweep._sorted_configs(sweep.knockout_configs(4, stride=1) + sweep.topk_configs([0.1, 0.5])[1:])
+    batches = sweep.image_batches(configs, 4)
+    assert batches[0][0].kind == "baseline"
+    assert all(len(b) <= 4 for b in batches)
+    assert [c.name for b in batches for c in b] == [c.name for c in configs]  # each once, baseline first
+    first_topk = next(i for i, b in enumerate(batches) if any(c.kind == "top-k" for c in b))
+    assert all(c.kind == "top-k" for b in batches[first_topk:] for c in b)
+    with pytest.raises(ValueError, match="max_batch_rows"):
+        sweep.run(None, [], configs, None, max_batch_rows=0)
