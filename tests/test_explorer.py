@@ -183,8 +183,10 @@ def test_layer_subset_and_bad_inputs(tiny):
         assert export_data(gen, geometry, layers=[0, 1], budget_kb=0.001)["layers"] == [0, 1]
     with pytest.raises(ValueError, match="number of layers"):
         export_data(gen, geometry, window=-1)
-    with pytest.raises(ValueError, match="two exported layers"):
-        export_data(gen, geometry, window=(1, 5))
+    with pytest.raises(ValueError, match="holds no exported layer"):
+        export_data(gen, geometry, window=(3, 5))
+    state = export_data(gen, geometry, window=(1, 5))["state"]  # only layer 1 of these was recorded
+    assert window_slots(state["layer"], state["window"], 2) == (1, 1)
     # a (first, last) window sets the slider so that the widget averages exactly those layers
     state = export_data(gen, geometry, window=(0, 1))["state"]
     assert window_slots(state["layer"], state["window"], 2) == (0, 1)

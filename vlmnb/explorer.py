@@ -330,11 +330,11 @@ def export_data(source, geometry, *, text: str | None = None, offsets=None, mask
         raise ValueError(f"word index {word} out of range (0..{len(words) - 1})")
     if isinstance(window, (tuple, list)):
         first, last = (int(x) for x in window)
-        if first not in keep_layers or last not in keep_layers or last < first:
-            raise ValueError(f"window {tuple(window)} must name two exported layers in order (exported: "
-                             f"{keep_layers[0]}..{keep_layers[-1]})")
-        window = keep_layers.index(last) - keep_layers.index(first) + 1
-        layer = keep_layers[keep_layers.index(first) + (window - 1) // 2]
+        inside = [x for x in keep_layers if first <= x <= last]  # layers may have been thinned
+        if not inside:
+            raise ValueError(f"window {tuple(window)} holds no exported layer (exported: {keep_layers})")
+        window = keep_layers.index(inside[-1]) - keep_layers.index(inside[0]) + 1
+        layer = keep_layers[keep_layers.index(inside[0]) + (window - 1) // 2]
     if layer is None:
         slot = len(keep_layers) // 2
     elif int(layer) in keep_layers:
