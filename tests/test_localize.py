@@ -368,7 +368,8 @@ def test_measure_on_a_tiny_tiled_model(tmp_path, family):
     store = vlmnb.ResultStore(tmp_path / "store", {"family": family})
     out = L.measure(vlm, [sample], details, BoxMask((30, 5, 50, 25)), store, max_new_tokens=12,
                     map_layers=[0, 1], progress=False)
-    loc = out[out.metric == "localized"].sort_values("layer")
+    assert set(out[out.metric == "localized"].rows) == {"producing", "reading"}
+    loc = out[(out.metric == "localized") & (out.rows == "producing")].sort_values("layer")
     assert loc.layer.tolist() == list(range(vlm.num_layers))
     detail = L.locate(gen, "s0", word)
     # the same numbers from the recording of the first generation (greedy: identical run)
@@ -378,9 +379,30 @@ def test_measure_on_a_tiny_tiled_model(tmp_path, family):
     assert loc.peak_token.tolist() == expected["peak"].tolist()
     assert loc.value.tolist() == expected["localized"].astype(float).tolist()
     assert np.isfinite(inp.geometry.boxes[loc.peak_token.to_numpy().astype(int)]).all()
-    assert out[out.metric == "chance"].value.iloc[0] == pytest.approx(expected["chance"])
+    assert out[out.metric == "chance"].value.tolist() == pytest.approx([expected["chance"]] * 2)
+    # "reading" rows: the steps whose query is the detail's token
+    reading = out[(out.metric == "localized") & (out.rows == "reading")].sort_values("layer")
+    steps = L.detail_steps(detail.tokens, gen.recording.n_steps, "reading")
+    if len(steps):
+        shifted = L.localize(inp.geometry, mask, gen.recording.image_rows[:, steps].mean(axis=1))
+        assert reading.peak_token.tolist() == shifted["peak"].tolist()
     assert out[out.metric == "rejected"].detail.tolist() == ["zebra"]
     assert len(out[out.metric == "map"].attention_map.iloc[0]) == len(inp.geometry.boxes)
     # resumable: a second call finds the unit done and adds nothing
     again = L.measure(vlm, [sample], details, BoxMask((0, 0, 1, 1)), store, max_new_tokens=12, progress=False)
     assert len(again) == len(out)
+
+
+def test_paper_table_and_closing_note_carry_the_numbers():
+    kept, _ = L.select(measured_frame())
+    by_window = L.accuracy_by_window(kept, 4, size=2)
+    ch = L.chance(kept)
+    table = L.paper_table(by_window, ch, "toy", 4, n_details=3, n_images=2, size=2)
+    assert table.model.tolist() == ["InternVL2-76B (paper)", "LLaVA-1.5-7B (paper)", "toy (this run)"]
+    ours = table.iloc[-1]
+    assert ours["best window"] == "0-1" and ours["accuracy at best window"].startswith("0.67")
+    assert ours["chance"] == "0.20" and table.iloc[0]["details"] == 231
+    note = L.closing_note(by_window, ch, "toy", 3, 2)
+    assert "0-1: 0.67" in note and "2-3: 0.50" in note and "3.3 times the chance level of 0.20" in note
+    assert "73%" in note
+    assert "no fine detail" in L.closing_note(by_window.iloc[0:0], ch, "toy", 0, 2)
