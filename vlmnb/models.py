@@ -37,6 +37,7 @@ ATTENTION_NAME = "vlmnb"
 # attention module -> (active Intervention, decoder layer index); filled only inside contexts
 _ACTIVE: dict[Any, tuple["Intervention", int]] = {}
 _REGISTRATIONS = 0  # open contexts that rely on our AttentionInterface entry
+_MISSING = object()
 
 
 class ModelNotAvailable(FileNotFoundError):
@@ -96,9 +97,10 @@ def _attention_rows(module, query, key, mask, q_start: int, k_start: int, **kwar
         scores = torch.tanh(scores / softcap) * softcap
     rows, kv = query.shape[2], key.shape[2]
     if mask is None:
-        q_pos = torch.arange(q_start, q_start + rows, device=query.device)
-        k_pos = torch.arange(k_start, k_start + kv, device=query.device)
-        scores = scores.masked_fill(k_pos[None, :] > q_pos[:, None], torch.finfo(torch.float32).min)
+        if not (rows == 1 and q_start == k_start + kv - 1):  # (the newest query sees every key)
+            q_pos = torch.arange(q_start, q_start + rows, device=query.device)
+            k_pos = torch.arange(k_start, k_start + kv, device=query.device)
+            scores = scores.masked_fill(k_pos[None, :] > q_pos[:, None], torch.finfo(torch.float32).min)
     elif mask.dtype == torch.bool:
         scores = scores.masked_fill(~mask, torch.finfo(torch.float32).min)
     else:
@@ -128,6 +130,7 @@ class Intervention:
         self._saved_active: dict = {}
         self._hook = None
         self._entered = False
+        self._registered = False
         # run state
         self.plan: KnockoutPlan | None = None
         self.recorder: Recorder | None = None
@@ -165,8 +168,9 @@ class Intervention:
 
         # apply: registration, attention implementation of the text decoder, hook, dispatch table
         _register()
+        self._registered = True
         try:
-            self._saved_impls = [(cfg, cfg.__dict__.get("_attn_implementation_internal"))
+            self._saved_impls = [(cfg, cfg.__dict__.get("_attn_implementation_internal", _MISSING))
                                  for cfg in vlm._all_configs()]
             vlm._decoder.set_attn_implementation(ATTENTION_NAME)
             self._hook = vlm._decoder.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
@@ -197,10 +201,15 @@ class Intervention:
             self._hook.remove()
             self._hook = None
         for cfg, value in self._saved_impls:
-            cfg._attn_implementation_internal = value
-        if self._saved_impls:
-            _unregister()
+            if value is _MISSING:
+                cfg.__dict__.pop("_attn_implementation_internal", None)
+            else:
+                cfg.__dict__["_attn_implementation_internal"] = value
         self._saved_impls = []
+        if self._registered:
+            _unregister()
+            self._registered = False
+        self._entered = False
         if vlm._active is self:
             vlm._active = self._outer
         self.plan = None
@@ -829,6 +838,12 @@ def load(name_or_path: str | os.PathLike, *, dtype=None, device_map=None, trust_
             local_only = False
 
     config = AutoConfig.from_pretrained(source, local_files_only=local_only, trust_remote_code=trust_remote_code)
+    try:
+        family = _detect_family(config)
+    except ValueError as exc:
+        raise ValueError(f"{name!r}: {exc}. Remote-code checkpoints (e.g. OpenGVLab/InternVL2-*) bypass "
+                         "transformers' attention interface; use their transformers-native '-hf' "
+                         "conversion instead") from None
     cuda = torch.cuda.is_available()
     if device_map is None and cuda:
         device_map = "auto"
@@ -844,4 +859,4 @@ def load(name_or_path: str | os.PathLike, *, dtype=None, device_map=None, trust_
             raise ModelNotAvailable(f"{name!r} is only partly in the local cache and the hub is unreachable "
                                     f"({exc}); download it completely first") from None
         raise
-    return VLM(model, processor, name=name, family=_detect_family(config))
+    return VLM(model, processor, name=name, family=family)
