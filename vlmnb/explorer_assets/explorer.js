@@ -54,7 +54,7 @@
     var dw = data.display[0], dh = data.display[1];
     var sx = dw / data.image_size[0], sy = dh / data.image_size[1];
     var state = { word: data.state.word, layer: data.state.layer, window: data.state.window,
-                  mask: true, lo: 0, hi: 0, peak: -1, max: 0, min: 0 };
+                  mask: true, lo: 0, hi: 0, peak: -1, max: 0, min: 0, view: -1 };
     var current = new Float64Array(N);
 
     // ------------------------------------------------------------------ layout
@@ -99,6 +99,15 @@
     });
     el("option", { value: 0 }, windowSelect, "all layers");
     windowSelect.value = String(state.window);
+    var viewSelect = null;
+    if (data.views.length > 1) {  // tiles / thumbnails overlap: let the reader pick one
+      var viewLabel = el("label", {}, controls, "image view ");
+      viewSelect = el("select", { "class": "vx-view" }, viewLabel);
+      el("option", { value: -1 }, viewSelect, "all views (later ones on top)");
+      data.views.forEach(function (v, i) {
+        el("option", { value: i }, viewSelect, v.name + " (" + v.cols.length + " tokens)");
+      });
+    }
     var maskLabel = el("label", {}, controls);
     var maskBox = el("input", { type: "checkbox", "class": "vx-mask" }, maskLabel);
     maskBox.checked = true;
@@ -191,11 +200,19 @@
         var r = l * NW + state.word, s = SCALE[r], o = OFFSET[r], off = r * N;
         for (var j = 0; j < N; j++) current[j] += Math.fround(o + Math.fround(Q[off + j] * s)) / n;
       }
-      state.peak = 0; state.max = current[0]; state.min = current[0];
-      for (var k = 1; k < N; k++) {
-        if (current[k] > state.max) { state.max = current[k]; state.peak = k; }
-        if (current[k] < state.min) state.min = current[k];
-      }
+      // scale and peak over the tokens on show
+      state.peak = -1;
+      shownViews().forEach(function (view) {
+        view.cols.forEach(function (k) {
+          if (state.peak < 0) { state.peak = k; state.max = state.min = current[k]; return; }
+          if (current[k] > state.max) { state.max = current[k]; state.peak = k; }
+          if (current[k] < state.min) state.min = current[k];
+        });
+      });
+    }
+
+    function shownViews() {
+      return state.view < 0 ? data.views : [data.views[state.view]];
     }
 
     // the colour scale spans the map's own range (like the book's static maps)
@@ -213,7 +230,7 @@
       var c = heat.getContext("2d");
       c.clearRect(0, 0, dw, dh);
       if (!(state.max > 0)) return;
-      data.views.forEach(function (view) {
+      shownViews().forEach(function (view) {
         view.cols.forEach(function (j) {
           var r = rect(j);
           c.fillStyle = LUT[colorIndex(current[j])];
@@ -316,6 +333,7 @@
     }
     slider.addEventListener("input", function () { setLayer(+slider.value); });
     windowSelect.addEventListener("change", function () { setWindow(+windowSelect.value); });
+    if (viewSelect) viewSelect.addEventListener("change", function () { state.view = +viewSelect.value; render(); });
     maskBox.addEventListener("change", function () { state.mask = maskBox.checked; drawOverlay(); });
 
     var api = {
@@ -324,7 +342,8 @@
       state: function () {
         return { word: state.word, text: data.words[state.word].t, layer: data.layers[state.layer],
                  lo: data.layers[state.lo], hi: data.layers[state.hi], window: state.window,
-                 peak: state.max > 0 ? data.token_index[state.peak] : -1, min: state.min, max: state.max };
+                 peak: state.max > 0 ? data.token_index[state.peak] : -1, min: state.min, max: state.max,
+                 view: state.view < 0 ? "all" : data.views[state.view].name };
       },
       rect: rect,
       colorIndex: function (v) { return colorIndex(v); },
