@@ -207,3 +207,12 @@ def test_followup_turn_follows_the_chat_template(llava):
         image_token = "<image>"
 
     assert followup_text(NoTemplate(), "describe the image", QUESTION, "llava") == "\n" + QUESTION
+
+
+def test_vlmnb_compress_is_callable_as_the_package_attribute(llava):
+    import vlmnb
+    import vlmnb.compress as module
+
+    assert callable(vlmnb.compress) and vlmnb.compress.CompressedContext is CompressedContext
+    ctx = vlmnb.compress(llava, _image(), k=0.5, keep="topk", max_new_tokens=2)
+    assert isinstance(ctx, module.CompressedContext) and ctx.num_tokens == 8

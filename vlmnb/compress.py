@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import types
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -522,3 +524,15 @@ def _eos_ids(vlm) -> set[int]:
     if eos is None:
         eos = getattr(vlm.tokenizer, "eos_token_id", None)
     return set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+
+
+class _CallableModule(types.ModuleType):
+    """``vlmnb.compress`` names both this module and its main function. Importing a submodule
+    binds the module to the package attribute, so the module itself forwards calls to
+    :func:`compress`: ``vlmnb.compress(vlm, image, k=0.05)`` works whichever way it was bound."""
+
+    def __call__(self, *args, **kwargs) -> CompressedContext:
+        return compress(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
