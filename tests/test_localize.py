@@ -406,3 +406,35 @@ def test_paper_table_and_closing_note_carry_the_numbers():
     assert "0-1: 0.67" in note and "2-3: 0.50" in note and "3.3 times the chance level of 0.20" in note
     assert "73%" in note
     assert "no fine detail" in L.closing_note(by_window.iloc[0:0], ch, "toy", 0, 2)
+
+
+def test_figures_show_the_windows_chance_and_peak():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.container import BarContainer
+
+    from vlmnb import plots
+
+    kept, _ = L.select(measured_frame())
+    by_window = L.accuracy_by_window(kept, 4, size=2)
+    fig = plots.localization_by_layer(L.accuracy_by_layer(kept), by_window, L.chance(kept), 4,
+                                      paper={"peak_accuracy": 0.73, "mid_layers": (20, 40), "layers": 80})
+    ax = fig.axes[0]
+    bars = [p for c in ax.containers if isinstance(c, BarContainer) for p in c.patches]
+    assert sorted(round(b.get_height(), 6) for b in bars) == sorted(round(v, 6) for v in by_window["mean"])
+    labels = ax.get_legend_handles_labels()[1]
+    assert "chance (0.20)" in labels and any("paper: peak ~73%" in t for t in labels)
+    # gallery: the cross sits on the centre of the peak token's box
+    g = grid_geometry()
+    values = np.zeros(16)
+    values[6] = 1.0  # cell (1, 2): box x 20-30, y 10-20
+    mask = np.zeros((40, 40), bool)
+    mask[10:20, 20:30] = True
+    item = {"image": noise(40, 40), "geometry": g, "mask": mask, "map": values, "phrase": "dog", "image_id": "i"}
+    fig = plots.detail_gallery([item, item, item], ncols=2)
+    assert len(fig.axes) == 8 and not fig.axes[-1].axison
+    crosses = [ln for ln in fig.axes[1].lines if ln.get_marker() == "x"]
+    assert len(crosses) == 1 and (crosses[0].get_xdata()[0], crosses[0].get_ydata()[0]) == (25.0, 15.0)
+    html = plots.detail_text_html([{**item, "text": "a dog & a cat", "span": (2, 5)}])
+    assert ">dog</span>" in html and "&amp;" in html

@@ -317,8 +317,9 @@ class CocoMasks:
 
 
 def mask_source(kind: str | Any = "auto", images: Any = None, **kwargs):
-    """A mask source by name: ``"toy"``, ``"coco"``, ``"sam"`` (text-prompted detector + SAM,
-    ``kwargs`` go to :meth:`vlmnb.segment.TextPromptedMasks.load`), or ``"auto"``: the exact
+    """A mask source by name: ``"toy"``, ``"coco"``, ``"sam"`` (text-prompted detector + SAM;
+    ``kwargs`` such as ``cache_dir`` go to :meth:`vlmnb.segment.TextPromptedMasks.load` and are
+    not used by the other sources), or ``"auto"``: the exact
     masks for ``images="toy"``, COCO masks for ``"coco"``, else the text-prompted source. An
     object with ``__call__(sample, detail)`` is returned as it is."""
     if not isinstance(kind, str):
@@ -360,10 +361,13 @@ class RejectList:
         if not path.is_file():
             return cls(path=path)
         lines = [line for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
-        rows = list(csv.DictReader(lines))
-        if lines and not set(cls.COLUMNS[:2]) <= set(rows[0].keys() if rows else csv.DictReader(lines).fieldnames or ()):
-            raise ValueError(f"{path}: a reject list needs the header 'image_id,detail,reason'")
-        return cls([(r["image_id"], r["detail"], r.get("reason") or "") for r in rows], path=path)
+        if not lines:
+            return cls(path=path)
+        reader = csv.DictReader(lines)
+        if not {"image_id", "detail"} <= set(reader.fieldnames or ()):
+            raise ValueError(f"{path}: a reject list needs the header line 'image_id,detail,reason' "
+                             f"(found {lines[0]!r})")
+        return cls([(r["image_id"], r["detail"], r.get("reason") or "") for r in reader], path=path)
 
     def reason(self, image_id: str, name: str, occurrence: int | None = None) -> str | None:
         """Why the detail is rejected, or None."""
