@@ -556,6 +556,10 @@ def measure(vlm, samples: Sequence, details: pd.DataFrame, masks, store, *, prom
     """Measure every fine detail: regenerate each image's baseline with attention recording,
     tie the details to their tokens, get their masks, and apply :func:`localize`.
 
+    Use the sweep's ``prompt`` and ``max_new_tokens``: an image whose regenerated text differs
+    from ``details.baseline_text`` (the text the details were found in) is skipped with a
+    ``"skipped"`` row rather than measured on other tokens.
+
     ``which``: the row choices to measure (``"producing"``, ``"reading"``, or both: the
     recording covers every step, so both cost one generation); the first one decides which
     details have no recorded row and gives the ``map`` rows.
