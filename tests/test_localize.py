@@ -270,6 +270,12 @@ def test_coco_masks_from_an_official_annotation_file(tmp_path):
     assert bikes.mask.sum() == pytest.approx(60, abs=20)
     dog = L.CocoMasks()(sample, make_detail(text, "dog"))
     assert dog.mask is None and "no annotated COCO category" in dog.note
+    # a second source answers what COCO cannot; the first answer wins
+    fallback = L.FirstOf(L.CocoMasks(), BoxMask((0, 0, 4, 4)))
+    assert fallback(sample, make_detail(text, "dog")).source == "box"
+    assert np.array_equal(fallback(sample, make_detail(text, "men")).mask, men.mask)
+    none = L.FirstOf(L.CocoMasks(), L.CocoMasks())(sample, make_detail(text, "dog"))
+    assert none.mask is None and none.note.count("no annotated COCO category") == 2
     # the metric works on these masks through a geometry of the same image size
     g = grid_geometry(cols=6, rows=4, w=8, h=8)
     assert L.within_one_token(g, men.mask).sum() > 0

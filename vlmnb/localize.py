@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
-    "Detail", "DetailMask", "MaskSource", "ToyMasks", "CocoMasks", "mask_source", "RejectList",
+    "Detail", "DetailMask", "MaskSource", "ToyMasks", "CocoMasks", "FirstOf", "mask_source", "RejectList",
     "find_mentions", "missed_objects", "fine_details", "locate", "detail_steps",
     "within_one_token", "chance_level", "localize", "measure", "select", "accuracy_by_layer",
     "accuracy_by_window", "layer_windows", "window_size", "chance", "localization_claims",
@@ -316,10 +316,32 @@ class CocoMasks:
         return DetailMask(union, self.name, f"COCO {category} ({len(masks[category])} instance(s))")
 
 
+class FirstOf:
+    """Ask several mask sources in turn; the first that gives a mask wins (e.g. COCO's exact
+    instance masks where the detail is a COCO category, the text-prompted source otherwise).
+    When none does, the notes of all are joined."""
+
+    def __init__(self, *sources):
+        if not sources:
+            raise ValueError("FirstOf needs at least one mask source")
+        self.sources = sources
+        self.name = "+".join(getattr(s, "name", type(s).__name__) for s in sources)
+
+    def __call__(self, sample, detail: Detail) -> DetailMask:
+        notes = []
+        for source in self.sources:
+            dm = source(sample, detail)
+            if dm.ok:
+                return dm
+            notes.append(f"{dm.source}: {dm.note}")
+        return DetailMask(None, self.name, "; ".join(notes))
+
+
 def mask_source(kind: str | Any = "auto", images: Any = None, **kwargs):
     """A mask source by name: ``"toy"``, ``"coco"``, ``"sam"`` (text-prompted detector + SAM;
     ``kwargs`` such as ``cache_dir`` go to :meth:`vlmnb.segment.TextPromptedMasks.load` and are
-    not used by the other sources), or ``"auto"``: the exact
+    not used by the other sources), ``"coco+sam"`` (COCO masks where the detail names a COCO
+    category, the text-prompted source otherwise, see :class:`FirstOf`) or ``"auto"``: the exact
     masks for ``images="toy"``, COCO masks for ``"coco"``, else the text-prompted source. An
     object with ``__call__(sample, detail)`` is returned as it is."""
     if not isinstance(kind, str):
@@ -332,11 +354,12 @@ def mask_source(kind: str | Any = "auto", images: Any = None, **kwargs):
         return ToyMasks()
     if kind == "coco":
         return CocoMasks()
-    if kind == "sam":
+    if kind in ("sam", "coco+sam"):
         from .segment import TextPromptedMasks
 
-        return TextPromptedMasks.load(**kwargs)
-    raise ValueError(f"unknown mask source {kind!r}; use 'auto', 'toy', 'coco' or 'sam'")
+        sam = TextPromptedMasks.load(**kwargs)
+        return sam if kind == "sam" else FirstOf(CocoMasks(), sam)
+    raise ValueError(f"unknown mask source {kind!r}; use 'auto', 'toy', 'coco', 'sam' or 'coco+sam'")
 
 
 class RejectList:
