@@ -30,7 +30,7 @@ _EXPORTS = {
     "OfflineJudge": "judge", "ExactJudge": "judge",
     "ResultStore": "store",
     "bootstrap_ci": "stats",
-    "explore": "explorer",
+    "explore": "explorer", "explore_sample": "explorer",
 }
 
 # Submodules that are part of the public API (imported on first use, like the names above).
