@@ -126,3 +126,12 @@ def test_plan_rejects_position_beyond_sequence():
     row = RowLayout(spans=_spans(), pad=0, prompt_length=8)
     with pytest.raises(ValueError, match="beyond the sequence"):
         KnockoutPlan([[Knockout([20], "generated")]], [row], 2, 12)
+
+
+def test_names_as_list_and_empty_positions():
+    assert Knockout(["query", "generated"]).src == ("query", "generated")
+    with pytest.raises(ValueError, match="empty"):
+        Knockout(src=[], dst="generated")
+    with pytest.raises(ValueError, match="empty"):
+        Knockout(src="image", dst=np.array([], dtype=int))
+    assert Knockout(src={0: []}).layer_indices(3) == (0,)  # per-layer entries may be empty (keep all)

@@ -122,6 +122,14 @@ class Knockout:
     layers: Any = "all"
 
     def __post_init__(self):
+        for name in ("src", "dst"):  # a list of span names means the same as a tuple
+            value = getattr(self, name)
+            if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+                setattr(self, name, tuple(value))
+        for name in ("src", "dst"):
+            value = getattr(self, name)
+            if not isinstance(value, (str, Mapping)) and np.size(value) == 0:
+                raise ValueError(f"Knockout {name}: no positions given (empty); pass a span name or positions")
         if isinstance(self.src, Mapping):
             if not self.src:
                 raise ValueError("Knockout: the per-layer src dict is empty")

@@ -315,6 +315,10 @@ class Intervention:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         self._calls += 1
+        if (self.plan is not None or self.recorder is not None) and query.shape[0] != len(self._rows):
+            raise RuntimeError(f"the model runs {query.shape[0]} sequences for {len(self._rows)} prepared "
+                               "inputs; beam search and num_return_sequences > 1 are not supported with "
+                               "knockout or recording")
         q_len, kv_len = query.shape[2], key.shape[2]
         q_end = self._q_end if self._q_end is not None else kv_len - 1
         q_start = q_end - q_len + 1
