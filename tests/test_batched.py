@@ -123,7 +123,7 @@ def test_rows_blocking_the_prefix_fall_back_and_still_match(vlm):
         got = [g.token_ids for g in batched.generate_rows(vlm, inp, rows, NEW)]
     finally:
         handle.remove()
-    assert len(calls) == len(rows)  # no shared prefix: every row ran its image
+    assert len(calls) == 2  # the shared prefix once, and the row that blocks image queries on its own
     assert got == _reference(vlm, inp, rows)
 
 
@@ -204,3 +204,21 @@ def test_image_batches_put_the_baseline_first_and_topk_after_it():
     assert all(c.kind == "top-k" for b in batches[first_topk:] for c in b)
     with pytest.raises(ValueError, match="max_batch_rows"):
         sweep.run(None, [], configs, None, max_batch_rows=0)
+
+
+def test_preallocated_cache_layer_holds_what_concatenation_holds():
+    from transformers import DynamicCache
+
+    torch.manual_seed(0)
+    grown, concatenated = DynamicCache(), DynamicCache()
+    first = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)
+    grown.update(*first, layer_idx=0)
+    concatenated.update(*first, layer_idx=0)
+    batched._preallocate(grown, capacity=7)
+    assert type(grown.layers[0]).__name__ == "GrowingLayer"
+    for n in (1, 1, 3):  # the third step outgrows the reserved room
+        step = torch.randn(3, 2, n, 4), torch.randn(3, 2, n, 4)
+        k, v = grown.update(*step, layer_idx=0)
+        k2, v2 = concatenated.update(*step, layer_idx=0)
+        assert torch.equal(k, k2) and torch.equal(v, v2)
+    assert grown.get_seq_length() == concatenated.get_seq_length() == 10

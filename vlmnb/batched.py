@@ -46,6 +46,9 @@ class Prefix:
     ``text_inputs``: the prepared input without its vision inputs (what the rows feed on top
     of the cache); ``rope_deltas``: the model's 3-D position offset after the prefix
     (Qwen2-VL-style models), restored before every batch that continues from it.
+    ``prompt_cache``: the same extended by the query tokens but the last, without knockout
+    (made on first use): the shared start of every row whose knockout acts on generated
+    tokens only.
     """
 
     cache: Any
@@ -53,10 +56,11 @@ class Prefix:
     inp: Any
     text_inputs: Any
     rope_deltas: Any = None
+    prompt_cache: Any = None
 
-    def expand(self, rows: int):
-        """A fresh copy of the cache with ``rows`` identical batch rows."""
-        cache = copy.deepcopy(self.cache)
+    def expand(self, rows: int, cache=None):
+        """A fresh copy of ``cache`` (default: the image prefix) with ``rows`` identical batch rows."""
+        cache = copy.deepcopy(self.cache if cache is None else cache)
         if rows > 1:
             cache.batch_repeat_interleave(rows)
         return cache
@@ -68,18 +72,27 @@ def prefix_length(inp) -> int:
     return int(query.min()) if query.size else int(inp.spans.prompt_length) - 1
 
 
-def blocks_prefix(knockouts, inp, n_layers: int, length: int | None = None) -> bool:
-    """Whether any of ``knockouts`` blocks a query before the query span (system or image)."""
-    n_prefix = prefix_length(inp)
+def first_blocked_query(knockouts, inp, n_layers: int, length: int | None = None) -> int:
+    """The earliest position whose query any of ``knockouts`` blocks (in some layer).
+
+    Everything before it computes exactly as without the knockouts. Returns the prompt length
+    when only generated tokens are blocked (or nothing is).
+    """
     prompt = int(inp.spans.prompt_length)
     row = RowLayout(spans=inp.spans, pad=0, prompt_length=prompt)
+    first = prompt
     for ko in as_knockout_list(knockouts):
         if not ko.layer_indices(n_layers):
             continue
-        dst = _resolve(ko.dst, row, max(length or 0, prompt + 1), "dst")
-        if dst[:n_prefix].any():
-            return True
-    return False
+        dst = np.flatnonzero(_resolve(ko.dst, row, max(length or 0, prompt + 1), "dst"))
+        if dst.size:
+            first = min(first, int(dst[0]))
+    return first
+
+
+def blocks_prefix(knockouts, inp, n_layers: int, length: int | None = None) -> bool:
+    """Whether any of ``knockouts`` blocks a query before the query span (system or image)."""
+    return first_blocked_query(knockouts, inp, n_layers, length) < prefix_length(inp)
 
 
 def supports_prefix(vlm) -> bool:
@@ -99,6 +112,13 @@ def _inner(vlm):
     return getattr(vlm.model, "model", vlm.model)
 
 
+def _forward_kwargs(vlm, cache) -> dict:
+    kwargs = {_cache_kwarg(vlm.model): cache, "use_cache": True}
+    if "logits_to_keep" in inspect.signature(vlm.model.forward).parameters:
+        kwargs["logits_to_keep"] = 1
+    return kwargs
+
+
 def compute_prefix(vlm, inp) -> Prefix:
     """Run the system and image tokens of ``inp`` once (no knockout) and keep their cache."""
     import torch
@@ -111,14 +131,11 @@ def compute_prefix(vlm, inp) -> Prefix:
     head = {k: (v[:, :n] if k in _SEQUENCE_KEYS and v is not None else v) for k, v in inputs.items()}
     # the cache generate() itself would build for this model (sliding-window layers included)
     cache = DynamicCache(config=vlm.model.config.get_text_config(decoder=True))
-    kwargs = {_cache_kwarg(vlm.model): cache, "use_cache": True}
-    if "logits_to_keep" in inspect.signature(vlm.model.forward).parameters:
-        kwargs["logits_to_keep"] = 1
     inner = _inner(vlm)
     if hasattr(inner, "rope_deltas"):
         inner.rope_deltas = None  # computed afresh from this prompt's image grid
     with torch.no_grad():
-        vlm.model(**head, **kwargs)
+        vlm.model(**head, **_forward_kwargs(vlm, cache))
     if cache.get_seq_length() != n:
         raise NotImplementedError(f"{vlm.family}: the cache after the prefix holds {cache.get_seq_length()} "
                                   f"positions, expected {n}")
@@ -127,36 +144,160 @@ def compute_prefix(vlm, inp) -> Prefix:
                   rope_deltas=getattr(inner, "rope_deltas", None))
 
 
+def _extend(vlm, prefix: Prefix, cache, rows: int, row_knockouts=None, max_new_tokens: int = 1) -> None:
+    """Feed the query tokens but the last into ``cache`` (``rows`` rows), under per-row knockouts."""
+    import torch
+
+    ids = vlm._to_device({"input_ids": prefix.text_inputs.inputs["input_ids"]})["input_ids"]
+    chunk = ids[:, prefix.length:-1].expand(rows, -1)
+    if chunk.shape[1] == 0:
+        return
+    _restore_rope(vlm, prefix)
+    kwargs = _forward_kwargs(vlm, cache)
+    with torch.no_grad():
+        if not row_knockouts or not any(row_knockouts):
+            vlm.model(input_ids=chunk, **kwargs)
+            return
+        prompt = int(ids.shape[1])
+        with vlm.intervene() as iv:
+            iv.bind([prefix.text_inputs] * rows, length=prompt + max_new_tokens, row_knockouts=row_knockouts)
+            vlm.model(input_ids=chunk, **kwargs)
+
+
+def _restore_rope(vlm, prefix: Prefix) -> None:
+    if prefix.rope_deltas is not None:
+        _inner(vlm).rope_deltas = prefix.rope_deltas
+
+
+_GROWING_LAYER = None
+
+
+def _growing_layer_class():
+    """A full-attention ``DynamicLayer`` that writes new keys/values into a buffer allocated
+    for the whole generation instead of concatenating (which copies every row's cache at every
+    step); attention sees views of the same values."""
+    global _GROWING_LAYER
+    if _GROWING_LAYER is None:
+        from transformers.cache_utils import DynamicLayer
+
+        class GrowingLayer(DynamicLayer):
+            def update(self, key_states, value_states, *args, **kwargs):
+                n, m = self.keys.shape[-2], key_states.shape[-2]
+                if n + m > self._kbuf.shape[-2]:
+                    self.reserve(2 * (n + m))
+                self._kbuf[..., n:n + m, :] = key_states
+                self._vbuf[..., n:n + m, :] = value_states
+                self.keys, self.values = self._kbuf[..., :n + m, :], self._vbuf[..., :n + m, :]
+                return self.keys, self.values
+
+            def reserve(self, capacity: int) -> None:
+                n = self.keys.shape[-2]
+                bufs = []
+                for old in (self.keys, self.values):
+                    buf = old.new_empty(*old.shape[:-2], max(capacity, n), old.shape[-1])
+                    buf[..., :n, :] = old
+                    bufs.append(buf)
+                self._kbuf, self._vbuf = bufs
+                self.keys, self.values = self._kbuf[..., :n, :], self._vbuf[..., :n, :]
+
+            def batch_repeat_interleave(self, repeats):
+                super().batch_repeat_interleave(repeats)
+                self.reserve(self._kbuf.shape[-2])
+
+            def batch_select_indices(self, indices):
+                super().batch_select_indices(indices)
+                self.reserve(self._kbuf.shape[-2])
+
+        _GROWING_LAYER = GrowingLayer
+    return _GROWING_LAYER
+
+
+def _preallocate(cache, capacity: int) -> None:
+    """Give every full-attention layer of ``cache`` room for ``capacity`` positions."""
+    from transformers.cache_utils import DynamicLayer
+
+    growing = _growing_layer_class()
+    for i, layer in enumerate(cache.layers):
+        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys.numel():
+            new = growing()
+            new.__dict__.update(layer.__dict__)
+            new.reserve(capacity)
+            cache.layers[i] = new
+
+
+def _concat(caches, order) -> Any:
+    """One cache whose batch rows are those of ``caches`` (concatenated), reordered by ``order``."""
+    import torch
+
+    out = caches[0]
+    if len(caches) == 1 and list(order) == list(range(len(order))):
+        return out
+    index = torch.as_tensor(order, device=out.layers[0].keys.device)
+    for i, layer in enumerate(out.layers):
+        if not layer.is_initialized:
+            continue
+        layer.keys = torch.cat([c.layers[i].keys for c in caches]).index_select(0, index)
+        layer.values = torch.cat([c.layers[i].values for c in caches]).index_select(0, index)
+    return out
+
+
 def generate_rows(vlm, inp, row_knockouts: Sequence[Any], max_new_tokens: int, *, record=None,
                   prefix: Prefix | None | bool = None, **generate_kwargs):
     """Generate for one prepared input once per entry of ``row_knockouts``, as one batch.
+
+    Rows whose knockouts block no system or image query continue from the shared image
+    prefix; among them, rows that block generated tokens only (and the last query token at
+    most) also share the query tokens. Other rows run the whole prompt, in a batch of their own.
 
     Args:
         row_knockouts: per row, None, a Knockout or a list of them.
         record: a Record applied to every row (e.g. the baseline's image attention).
         prefix: a :class:`Prefix` of ``inp`` to continue from, None to compute one when
-            every row allows it, or False to run the whole prompt in every row.
+            some row allows it, or False to run the whole prompt in every row.
 
     Returns one :class:`~vlmnb.models.Generation` per row, in order.
     """
     rows = [as_knockout_list(k) for k in row_knockouts]
     if not rows:
         return []
-    share = prefix is not False and supports_prefix(vlm) and not any(
-        blocks_prefix(k, inp, vlm.num_layers, int(inp.spans.prompt_length) + max_new_tokens) for k in rows)
+    prompt = int(inp.spans.prompt_length)
     per_row = [k or None for k in rows]
-    if not share:
+    n0 = prefix_length(inp)
+    first = [first_blocked_query(k, inp, vlm.num_layers, prompt + max_new_tokens) for k in rows]
+    shared = [i for i, f in enumerate(first) if f >= n0]
+    if prefix is False or not supports_prefix(vlm) or not shared:
         return vlm.generate_batch([inp] * len(rows), max_new_tokens=max_new_tokens, record=record,
                                   row_knockouts=per_row, **generate_kwargs)
+    results: list[Any] = [None] * len(rows)
+    alone = [i for i in range(len(rows)) if i not in set(shared)]
+    if alone:
+        outs = vlm.generate_batch([inp] * len(alone), max_new_tokens=max_new_tokens, record=record,
+                                  row_knockouts=[per_row[i] for i in alone], **generate_kwargs)
+        for i, out in zip(alone, outs):
+            results[i] = out
     if not isinstance(prefix, Prefix):
         prefix = compute_prefix(vlm, inp)
-    inner = _inner(vlm)
-    if prefix.rope_deltas is not None:
-        inner.rope_deltas = prefix.rope_deltas
-    cache = prefix.expand(len(rows))
-    out = vlm.generate_batch([prefix.text_inputs] * len(rows), max_new_tokens=max_new_tokens, record=record,
-                             row_knockouts=per_row, **{_cache_kwarg(vlm.model): cache}, **generate_kwargs)
-    for gen in out:  # report the caller's input (with its vision inputs), not the stripped copy
-        gen.spans = dataclasses.replace(inp.spans, generated=gen.spans.generated) \
-            if dataclasses.is_dataclass(inp.spans) else gen.spans
-    return out
+    # rows that see the query unchanged share it too (fact: dst = generated leaves it as is)
+    whole = [i for i in shared if first[i] >= prompt - 1]
+    query = [i for i in shared if first[i] < prompt - 1]
+    caches, members = [], []
+    if query:
+        cache = prefix.expand(len(query))
+        _extend(vlm, prefix, cache, len(query), [rows[i] for i in query], max_new_tokens)
+        caches.append(cache)
+        members += query
+    if whole:
+        if prefix.prompt_cache is None:
+            prefix.prompt_cache = prefix.expand(1)
+            _extend(vlm, prefix, prefix.prompt_cache, 1)
+        caches.append(prefix.expand(len(whole), prefix.prompt_cache))
+        members += whole
+    cache = _concat(caches, [members.index(i) for i in shared])
+    _preallocate(cache, prompt + max_new_tokens)
+    _restore_rope(vlm, prefix)
+    outs = vlm.generate_batch([prefix.text_inputs] * len(shared), max_new_tokens=max_new_tokens, record=record,
+                              row_knockouts=[per_row[i] for i in shared], **{_cache_kwarg(vlm.model): cache},
+                              **generate_kwargs)
+    for i, out in zip(shared, outs):
+        results[i] = out
+    return results

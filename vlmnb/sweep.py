@@ -261,19 +261,16 @@ def _run_batched(vlm, samples, configs, store, prompt, max_new_tokens, progress,
         bar.update(len(configs) - len(todo))
         if todo:
             inp = vlm.prepare(sample.image, prompt=prompt)
-            prefix = None
+            # the system and image tokens run once per image, for every batch of it
+            prefix = batched.compute_prefix(vlm, inp) if batched.supports_prefix(vlm) else False
             baseline_attention = None
             for group in image_batches(todo, max_batch_rows):
                 if any(c.kind == "top-k" for c in group) and baseline_attention is None:
                     baseline_attention = _baseline_attention(store, vlm.name, image_id)
                 row_knockouts = [c.knockouts(baseline_attention, inp.spans.image) for c in group]
-                shareable = batched.supports_prefix(vlm) and not any(
-                    batched.blocks_prefix(k, inp, vlm.num_layers) for k in row_knockouts)
-                if shareable and prefix is None:
-                    prefix = batched.compute_prefix(vlm, inp)
                 record = _baseline_record() if group[0].kind == "baseline" else None
                 outs = batched.generate_rows(vlm, inp, row_knockouts, max_new_tokens, record=record,
-                                             prefix=prefix if shareable else False)
+                                             prefix=prefix)
                 for config, out in zip(group, outs):
                     store.put(key(config), _unit_rows(config, out))
                     tokens += len(out.token_ids)

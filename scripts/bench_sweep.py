@@ -1,0 +1,175 @@
+"""Benchmark knockout sweeps: naive (one generate per configuration) vs batched shared-prefix.
+
+    python scripts/bench_sweep.py [--threads 1] [--new-tokens 100] [--images 1] [--toy-images 8]
+                                  [--skip-toy] [--skip-medium] [--json out.json]
+
+Rows:
+* ``toy``: the embedded toy model (``vlmnb.load("toy")``; skipped when its checkpoint is
+  missing) on toy scenes, the Fig. 2 grid of chapter 2 (every starting layer, one window).
+* ``medium``: a random LLaVA-shaped model -- Llama decoder with 12 layers, hidden 1024, 16
+  heads (no grouped KV), MLP 2816, vocabulary 32064; a slim CLIP tower (2 layers, hidden 256)
+  on 336 px images with patch 14 = 576 image tokens -- generating ``--new-tokens`` tokens
+  (no end-of-sequence: every row runs to the limit) for 27 configurations (3 kinds x 8
+  starting layers (0 = all layers, 2, 3, 4, 5, 6, 8, 10) + 3 kinds outside window 3-6) plus
+  the baseline.
+
+Both sweeps of a row run in the same process, one after the other, through
+``vlmnb.sweep.run(..., batch=False)`` and ``batch=True``; the script prints seconds, their
+ratio and whether every stored description is identical. Wall-clock times on shared cores
+vary from run to run: compare the two numbers of one row, not rows of different runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+MEDIUM_STARTS = (0, 2, 3, 4, 5, 6, 8, 10)
+MEDIUM_WINDOW = (3, 6)
+PROMPT_WORDS = "describe the image in detail , naming every object you can see and where it is ."
+
+
+def medium_vlm():
+    """A random LLaVA-1.5-shaped model (smaller decoder) with a real processor."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
+
+    from vlmnb import tiny
+    from vlmnb.models import VLM
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
+    for word in ["USER:", "ASSISTANT:"] + PROMPT_WORDS.split():
+        vocab.setdefault(word, len(vocab))
+    while len(vocab) < 32000:
+        vocab[f"w{len(vocab)}"] = len(vocab)
+    vocab["<image>"] = 32000
+    while len(vocab) < 32064:
+        vocab[f"x{len(vocab)}"] = len(vocab)
+    word_level = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    word_level.decoder = decoders.WordPiece(prefix="##")
+    tok = PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                  pad_token="<pad>", extra_special_tokens={"image_token": "<image>"})
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=tiny._TEMPLATE_LLAVA)
+    torch.manual_seed(0)
+    vision = CLIPVisionConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=336, patch_size=14, projection_dim=256)
+    text = LlamaConfig(vocab_size=32064, hidden_size=1024, intermediate_size=2816, num_hidden_layers=12,
+                       num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=4096,
+                       pad_token_id=3, bos_token_id=1, eos_token_id=2)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=32000, image_seq_length=576,
+                         vision_feature_layer=-2, vision_feature_select_strategy="default")
+    model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = 3
+    model.generation_config.eos_token_id = 2
+    return VLM(model, processor, name="medium-llava", family="llava")
+
+
+def medium_configs():
+    from vlmnb import sweep
+    from vlmnb.knockout import from_layer, outside
+
+    configs = []
+    for kind in sweep.KINDS:
+        configs += [sweep.Config(kind) if s == 0 else sweep.Config(kind, from_layer(s)) for s in MEDIUM_STARTS]
+        configs.append(sweep.Config(kind, outside(*MEDIUM_WINDOW)))
+    return configs
+
+
+def random_images(n: int, size: int = 336):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return [SimpleNamespace(image_id=f"random{i}", image=(rng.random((size, size, 3)) * 255).astype("uint8"))
+            for i in range(n)]
+
+
+def compare(vlm, samples, configs, new_tokens: int, prompt: str, max_batch_rows: int) -> dict:
+    from vlmnb import sweep
+    from vlmnb.store import ResultStore
+
+    times, texts = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode, batch in (("naive", False), ("batched", True)):
+            with ResultStore(Path(tmp) / mode, {"mode": mode}, flush_every=10_000) as store:
+                start = time.perf_counter()
+                frame = sweep.run(vlm, samples, configs, store, prompt=prompt, max_new_tokens=new_tokens,
+                                  batch=batch, max_batch_rows=max_batch_rows, progress=False)
+                times[mode] = time.perf_counter() - start
+            desc = sweep.descriptions(frame).sort_values(["image_id", "config"])
+            texts[mode] = list(zip(desc.image_id, desc.config, desc.text))
+            print(f"  {mode}: {times[mode]:.1f} s", file=sys.stderr, flush=True)
+    generations = len(samples) * len(sweep._sorted_configs(configs))
+    return {"images": len(samples), "generations": generations, "new_tokens": new_tokens,
+            "naive_s": round(times["naive"], 1), "batched_s": round(times["batched"], 1),
+            "speedup": round(times["naive"] / times["batched"], 2),
+            "identical": texts["naive"] == texts["batched"]}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--new-tokens", type=int, default=100)
+    parser.add_argument("--images", type=int, default=1, help="medium-model images")
+    parser.add_argument("--toy-images", type=int, default=8)
+    parser.add_argument("--max-batch-rows", type=int, default=32)
+    parser.add_argument("--skip-toy", action="store_true")
+    parser.add_argument("--skip-medium", action="store_true")
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    import vlmnb
+    from vlmnb import sweep
+
+    torch.set_num_threads(args.threads)
+    rows = []
+    if not args.skip_toy:
+        try:
+            from vlmnb import toy
+
+            toy.checkpoint_path("toy")
+        except (FileNotFoundError, ImportError, ValueError) as exc:
+            print(f"toy: skipped ({exc})", file=sys.stderr)
+        else:
+            vlm = vlmnb.load("toy")
+            samples = vlmnb.data.images("toy", n=args.toy_images)
+            n = vlm.num_layers
+            configs = sweep.knockout_configs(n, stride=1, window=(1, max(1, n // 2)))
+            print(f"toy ({n} layers, {len(configs) - 1} configurations):", file=sys.stderr)
+            rows.append({"model": "toy", "configs": len(configs) - 1,
+                         **compare(vlm, samples, configs, args.new_tokens, "describe the image",
+                                   args.max_batch_rows)})
+    if not args.skip_medium:
+        vlm = medium_vlm()
+        configs = medium_configs()
+        print(f"medium (12 layers, hidden 1024, {len(configs)} configurations):", file=sys.stderr)
+        rows.append({"model": "medium LLaVA-shaped", "configs": len(configs),
+                     **compare(vlm, random_images(args.images), configs, args.new_tokens, PROMPT_WORDS,
+                               args.max_batch_rows)})
+    header = f"threads={args.threads}, cpu_count={os.cpu_count()}, load average={os.getloadavg()[0]:.1f}"
+    print(header)
+    print("| model | images | configurations (+ baseline) | new tokens | naive s | batched s | speed-up | identical |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['images']} | {r['configs']} | {r['new_tokens']} | {r['naive_s']} | "
+              f"{r['batched_s']} | {r['speedup']}x | {'yes' if r['identical'] else 'NO'} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"setting": header, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
