@@ -35,7 +35,7 @@ TASKS = ("description",) + ASPECTS  # task ids used in the per-task loss log
 class TrainConfig:
     """Hyper-parameters of a training run (all of them go into the run's ``state.json``)."""
 
-    steps: int = 3000
+    steps: int = 4500
     batch_size: int = 16
     lr: float = 2e-3
     min_lr_ratio: float = 0.02
@@ -49,6 +49,7 @@ class TrainConfig:
     followups: int = 2                # packed question turns after the first turn
     lookup_share: float = 0.4         # share of follow-ups that are position look-ups (rest yes/no)
     checkpoint_every: int = 100
+    vision_lr_scale: float = 0.1      # learning-rate factor for the vision tower and the projector
     arch: dict | None = None
     # optional attention ("sink") supervision, off for the shipped `toy` model: head `sink_head` of
     # each layer in `sink_layers`, at the answer position of existence questions, is pulled towards
@@ -258,11 +259,15 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), resume: bool = Fals
     if cfg.sink_layers:
         model.set_attn_implementation({"text_config": "eager", "vision_config": "sdpa"})
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8, foreach=False)
+    groups = {}
+    for n, p in model.named_parameters():
+        vision = "vision_tower" in n or "multi_modal_projector" in n
+        decayed = p.ndim >= 2 and "embed" not in n
+        groups.setdefault((vision, decayed), []).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": ps, "weight_decay": cfg.weight_decay if decayed else 0.0,
+          "lr_scale": cfg.vision_lr_scale if vision else 1.0} for (vision, decayed), ps in sorted(groups.items())],
+        lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8, foreach=False)
     start = 0
     if resume and (out / "checkpoint" / "state.json").exists():
         start = _load_checkpoint(out, model, optimizer)
@@ -280,7 +285,7 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), resume: bool = Fals
     for step in bar:
         lr = lr_at(step, cfg)
         for g in optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["lr_scale"]
         batch = make_batch(step, cfg, builder)
         if cfg.sink_layers:
             losses, labels, tasks, attentions = token_losses(model, batch, output_attentions=True)
@@ -348,6 +353,7 @@ def main(argv=None) -> None:
     parser.add_argument("--description-first", type=float, default=TrainConfig.description_first)
     parser.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every)
     parser.add_argument("--text-layers", type=int, default=ToyArchitecture.text_layers)
+    parser.add_argument("--vision-lr-scale", type=float, default=TrainConfig.vision_lr_scale)
     parser.add_argument("--lookup-share", type=float, default=TrainConfig.lookup_share)
     parser.add_argument("--init-from", default=None, help="fine-tune from a save_pretrained folder")
     parser.add_argument("--sink-layers", type=int, nargs="*", default=None,
@@ -359,7 +365,7 @@ def main(argv=None) -> None:
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
                       seed=args.seed, threads=args.threads, followups=args.followups,
                       description_first=args.description_first, checkpoint_every=args.checkpoint_every,
-                      arch={"text_layers": args.text_layers}, lookup_share=args.lookup_share,
+                      arch={"text_layers": args.text_layers}, lookup_share=args.lookup_share, vision_lr_scale=args.vision_lr_scale,
                       init_from=args.init_from, sink_layers=args.sink_layers, sink_head=args.sink_head,
                       sink_weight=args.sink_weight)
     if args.init_from:
