@@ -128,6 +128,8 @@ def format_table(result: dict) -> str:
              f"| description | object precision / recall / F1 (all attributes) | "
              f"{d['object_precision']:.3f} / {d['object_recall']:.3f} / {d['object_f1']:.3f} |",
              f"| description | object-name F1 (colour + shape) | {d['name_f1']:.3f} |",
+             f"| description | F1 on colour + cell / shape + cell / size + cell / cell | "
+             f"{d['color_cell_f1']:.3f} / {d['shape_cell_f1']:.3f} / {d['size_cell_f1']:.3f} / {d['cell_f1']:.3f} |",
              f"| position look-up | ACC / ACC+ | {lk['acc']:.3f} / {lk['acc_plus']:.3f} |",
              "", "| yes/no aspect | ACC | ACC+ | swapped-image ACC | swapped-image ACC+ |",
              "|---|---|---|---|---|"]

@@ -105,7 +105,16 @@ def description_quality(predictions: list[str], truths: list) -> dict[str, float
     nfp = sum(m.fp for m in names)
     nfn = sum(m.fn for m in names)
     np_, nr, nf = _prf(ntp, nfp, nfn)
-    return {"n": len(scores), "exact": sum(s.exact for s in scores) / max(1, len(scores)),
-            "object_precision": p, "object_recall": r, "object_f1": f,
-            "name_precision": np_, "name_recall": nr, "name_f1": nf}
+    out = {"n": len(scores), "exact": sum(s.exact for s in scores) / max(1, len(scores)),
+           "object_precision": p, "object_recall": r, "object_f1": f,
+           "name_precision": np_, "name_recall": nr, "name_f1": nf}
+    # which attributes the errors are in: F1 when objects are keyed by a subset of attributes
+    for label, attrs in (("color_cell", ("color", "cell")), ("shape_cell", ("shape", "cell")),
+                         ("size_cell", ("size", "cell")), ("cell", ("cell",))):
+        key = lambda o, attrs=attrs: tuple(getattr(o, a) for a in attrs)  # noqa: E731
+        counts = [_match_keys([key(o) for o in (parse_description(t) if isinstance(t, str) else t)],
+                              [key(o) for o in parse_description(pr)], key=lambda k: k)[1:]
+                  for pr, t in zip(predictions, truths)]
+        out[f"{label}_f1"] = _prf(*(sum(c[i] for c in counts) for i in range(3)))[2]
+    return out
 

@@ -50,6 +50,8 @@ def quality_table(eval_json: str | Path) -> pd.DataFrame:
             ("description", "object recall (all attributes)", d["object_recall"], None),
             ("description", "object F1 (all attributes)", d["object_f1"], None),
             ("description", "object-name F1 (colour + shape)", d["name_f1"], None),
+            *[("description", f"F1 on {label.replace('_', ' + ')} only", d[f"{label}_f1"], None)
+              for label in ("color_cell", "shape_cell", "size_cell", "cell") if f"{label}_f1" in d],
             ("position look-up", "ACC", lk["acc"], None),
             ("position look-up", "ACC+", lk["acc_plus"], None)]
     for aspect, v in r["yes_no"].items():
