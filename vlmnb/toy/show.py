@@ -11,7 +11,8 @@ from vlmnb.toy.scenes import Scene
 
 
 def show_scenes(scenes: list[Scene], masks: bool = True, ncols: int = 4, titles: list[str] | None = None):
-    """A matplotlib figure: each scene's image and, below it, its object masks in false colour."""
+    """A matplotlib figure (closed, so a notebook shows it once as the cell's value): each scene's
+    image and, below it, its object masks in false colour."""
     import matplotlib.pyplot as plt
 
     rows = 2 if masks else 1
@@ -33,6 +34,7 @@ def show_scenes(scenes: list[Scene], masks: bool = True, ncols: int = 4, titles:
                                                interpolation="nearest")
             axes[block * rows + 1, col].set_title(", ".join(o.name for o in scene.objects), fontsize=7)
     fig.tight_layout()
+    plt.close(fig)  # shown once, by the notebook's display of the returned figure
     return fig
 
 
