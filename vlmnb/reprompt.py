@@ -372,38 +372,46 @@ def reprompt_claims(scores: pd.DataFrame, categories: Sequence[str] | None = Non
                     k_main: float = 0.05, k_small: float = 0.02) -> pd.DataFrame:
     """The paper's Table-1 findings, checked on this run (claim, paper, ours, held).
 
-    Averages (ACC, percent) over ``categories`` (default: all). Thresholds, fixed in advance:
+    Accuracies are averages (ACC, percent) over ``categories`` (None: all). An empty list
+    means the full model is at chance everywhere: the accuracy claims are then not testable
+    (``held`` is None) and only the token count is checked. Thresholds, fixed in advance:
     "keeps most of the accuracy" = Query + K=5% reaches at least 90% of Naive's ACC (paper
     96%); "far fewer tokens" = at least 5x fewer kept tokens than Naive (paper 8.4x,
     1695/201); each part alone is below the combination (paper 61.0 and 62.4 vs 77.2);
     describe-to-text is below Query + K=5% (paper 73.2 vs 81.5).
     """
+    testable = categories is None or len(categories) > 0
     df = scores if categories is None else scores[scores.category.isin(list(categories))]
     acc = df.groupby("method").acc.mean()
-    tokens = df.groupby("method").tokens.mean()
+    tokens = scores.groupby("method").tokens.mean()
     main, small = f"Query + K={_pct(k_main)}", f"Query + K={_pct(k_small)}"
     only = f"K={_pct(k_small)} only"
+    untestable = "not testable: Naive is at chance in every category"
     rows = []
 
     def have(*names):
-        return all(n in acc.index for n in names)
+        return all(n in tokens.index for n in names)
+
+    def accuracy_row(claim, paper, ours, held):
+        if not testable:
+            return {"claim": claim, "paper": paper, "ours": untestable, "held": None}
+        return {"claim": claim, "paper": paper, "ours": ours(), "held": bool(held())}
 
     if have("Naive", main):
-        ratio = acc[main] / acc["Naive"] if acc["Naive"] > 0 else np.nan
-        rows.append({"claim": f"{main} keeps most of Naive's accuracy", "paper": "ACC 81.5 vs 84.8 (96%)",
-                     "ours": f"ACC {acc[main]:.1f} vs {acc['Naive']:.1f} ({100 * ratio:.0f}%)",
-                     "held": bool(ratio >= 0.9)})
+        ratio = lambda: acc[main] / acc["Naive"] if acc["Naive"] > 0 else np.nan  # noqa: E731
+        rows.append(accuracy_row(f"{main} keeps most of Naive's accuracy", "ACC 81.5 vs 84.8 (96%)",
+                                 lambda: f"ACC {acc[main]:.1f} vs {acc['Naive']:.1f} ({100 * ratio():.0f}%)",
+                                 lambda: ratio() >= 0.9))
         fewer = tokens["Naive"] / tokens[main]
         rows.append({"claim": f"{main} re-prompts with far fewer tokens", "paper": "201 vs 1695 (8.4x fewer)",
                      "ours": f"{tokens[main]:.0f} vs {tokens['Naive']:.0f} ({fewer:.1f}x fewer)",
                      "held": bool(fewer >= 5)})
     if have(small, "Query only", only):
-        rows.append({"claim": f"query only and {only} are each below {small}",
-                     "paper": "ACC 61.0 and 62.4 vs 77.2",
-                     "ours": f"ACC {acc['Query only']:.1f} and {acc[only]:.1f} vs {acc[small]:.1f}",
-                     "held": bool(acc["Query only"] < acc[small] and acc[only] < acc[small])})
+        rows.append(accuracy_row(f"query only and {only} are each below {small}", "ACC 61.0 and 62.4 vs 77.2",
+                                 lambda: f"ACC {acc['Query only']:.1f} and {acc[only]:.1f} vs {acc[small]:.1f}",
+                                 lambda: acc["Query only"] < acc[small] and acc[only] < acc[small]))
     if have("Describe-to-LLM", main):
-        rows.append({"claim": f"describe-to-text answers worse than {main}", "paper": "ACC 73.2 vs 81.5",
-                     "ours": f"ACC {acc['Describe-to-LLM']:.1f} vs {acc[main]:.1f}",
-                     "held": bool(acc["Describe-to-LLM"] < acc[main])})
+        rows.append(accuracy_row(f"describe-to-text answers worse than {main}", "ACC 73.2 vs 81.5",
+                                 lambda: f"ACC {acc['Describe-to-LLM']:.1f} vs {acc[main]:.1f}",
+                                 lambda: acc["Describe-to-LLM"] < acc[main]))
     return pd.DataFrame(rows, columns=["claim", "paper", "ours", "held"])
