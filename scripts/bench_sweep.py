@@ -15,8 +15,10 @@ Rows:
 
 Both sweeps of a row run in the same process, one after the other, through
 ``vlmnb.sweep.run(..., batch=False)`` and ``batch=True``; the script prints seconds, their
-ratio and whether every stored description is identical. Wall-clock times on shared cores
-vary from run to run: compare the two numbers of one row, not rows of different runs.
+ratio and whether every stored description is identical, in wall-clock seconds and in CPU
+seconds of the process (``time.process_time``; with one thread the two agree on an idle
+machine, and CPU time stays meaningful when other jobs share the cores). Compare the two
+numbers of one row, not rows of different runs.
 """
 from __future__ import annotations
 
@@ -100,21 +102,24 @@ def compare(vlm, samples, configs, new_tokens: int, prompt: str, max_batch_rows:
     from vlmnb import sweep
     from vlmnb.store import ResultStore
 
-    times, texts = {}, {}
+    times, cpu, texts = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for mode, batch in (("naive", False), ("batched", True)):
             with ResultStore(Path(tmp) / mode, {"mode": mode}, flush_every=10_000) as store:
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 frame = sweep.run(vlm, samples, configs, store, prompt=prompt, max_new_tokens=new_tokens,
                                   batch=batch, max_batch_rows=max_batch_rows, progress=False)
                 times[mode] = time.perf_counter() - start
+                cpu[mode] = time.process_time() - start_cpu
             desc = sweep.descriptions(frame).sort_values(["image_id", "config"])
             texts[mode] = list(zip(desc.image_id, desc.config, desc.text))
-            print(f"  {mode}: {times[mode]:.1f} s", file=sys.stderr, flush=True)
+            print(f"  {mode}: {times[mode]:.1f} s wall, {cpu[mode]:.1f} s CPU", file=sys.stderr, flush=True)
     generations = len(samples) * len(sweep._sorted_configs(configs))
     return {"images": len(samples), "generations": generations, "new_tokens": new_tokens,
             "naive_s": round(times["naive"], 1), "batched_s": round(times["batched"], 1),
             "speedup": round(times["naive"] / times["batched"], 2),
+            "naive_cpu_s": round(cpu["naive"], 1), "batched_cpu_s": round(cpu["batched"], 1),
+            "cpu_speedup": round(cpu["naive"] / cpu["batched"], 2),
             "identical": texts["naive"] == texts["batched"]}
 
 
@@ -162,11 +167,13 @@ def main(argv=None) -> None:
                                args.max_batch_rows)})
     header = f"threads={args.threads}, cpu_count={os.cpu_count()}, load average={os.getloadavg()[0]:.1f}"
     print(header)
-    print("| model | images | configurations (+ baseline) | new tokens | naive s | batched s | speed-up | identical |")
+    print("| model | images | configurations (+ baseline) | new tokens | naive s (CPU s) | batched s (CPU s) "
+          "| speed-up wall (CPU) | identical |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['images']} | {r['configs']} | {r['new_tokens']} | {r['naive_s']} | "
-              f"{r['batched_s']} | {r['speedup']}x | {'yes' if r['identical'] else 'NO'} |")
+        print(f"| {r['model']} | {r['images']} | {r['configs']} | {r['new_tokens']} | {r['naive_s']} "
+              f"({r['naive_cpu_s']}) | {r['batched_s']} ({r['batched_cpu_s']}) | {r['speedup']}x "
+              f"({r['cpu_speedup']}x) | {'yes' if r['identical'] else 'NO'} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"setting": header, "rows": rows}, indent=2) + "\n")
 
