@@ -220,6 +220,8 @@ def execute(chapter: Chapter, root: Path, *, kernel: str = "python3", force: boo
             str(chapter.source), str(partial), parameters=chapter.parameters,
             kernel_name=kernel, cwd=str(root), progress_bar=progress,
             report_mode=False, log_output=False,
+            # a busy machine can delay a cell's output past nbclient's 4 s default
+            iopub_timeout=120,
         )
     except NoSuchKernel:
         raise BookError(f"{chapter.name}: no Jupyter kernel named {kernel!r}; install ipykernel "
@@ -230,6 +232,9 @@ def execute(chapter: Chapter, root: Path, *, kernel: str = "python3", force: boo
             f"({err.ename}: {err.evalue.splitlines()[0] if err.evalue else ''}); "
             f"the executed copy is {partial.relative_to(root)}"
         ) from None
+    except Exception as err:  # kernel died, timed out, ...: still one line naming the notebook
+        raise BookError(f"{chapter.source.relative_to(root)} could not be executed: "
+                        f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
     os.replace(partial, chapter.target)
     _hide_injected_parameters(chapter.target)
     state[chapter.name] = digest
