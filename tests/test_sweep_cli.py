@@ -38,7 +38,7 @@ def _sorted(frame):
 @pytest.mark.slow
 def test_two_processes_merge_to_the_one_process_store(tmp_path):
     model = tiny.save("llava", tmp_path / "model")
-    common = ["-m", "vlmnb.sweep_cli", "--model", str(model), "--images", "toy", "--n", "3", "--fig2",
+    common = ["-m", "vlmnb.sweep_cli", "--model", str(model), "--images", "toy", "--n-images", "3", "--fig2",
               "--window", "1", "1", "--topk", "0.5", "--max-new-tokens", "5", "--threads", "1", "--no-progress"]
     _run([sys.executable, *common, "--out", str(tmp_path / "one")], tmp_path)
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",

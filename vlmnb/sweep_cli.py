@@ -118,7 +118,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder (shards/ and merged/ go inside)")
     p.add_argument("--model", default="toy", help="toy, a model folder or a hub id (default: toy)")
     p.add_argument("--images", default="toy", help="toy, coco, mme or a folder of images (default: toy)")
-    p.add_argument("--n", type=int, default=None, help="first N images")
+    p.add_argument("--n-images", type=int, default=None, help="the first N images (default: all)")
     p.add_argument("--prompt", default="describe the image")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--fig2", action="store_true", help="the three knockouts in all layers (+ --stride, --window)")
@@ -162,8 +162,8 @@ def main(argv=None) -> int:
     vlm = vlmnb.load(args.model, dtype=dtype,
                      **device_kwargs(state.local_process_index, args.gpus_per_process, device_map))
     configs = build_configs(args, vlm.num_layers)
-    samples = data.images(args.images, n=args.n)
-    params = {"model": args.model, "images": args.images, "n": args.n, "prompt": args.prompt,
+    samples = data.images(args.images, n=args.n_images)
+    params = {"model": args.model, "images": args.images, "n_images": args.n_images, "prompt": args.prompt,
               "max_new_tokens": args.max_new_tokens, "configs": [c.name for c in configs],
               "rank": rank, "world_size": world}
     own_path = out / "shards" / f"w{world:03d}-r{rank:03d}"
