@@ -364,3 +364,18 @@ def test_image_loading_errors(tmp_path):
         _load_image(np.zeros((2, 3, 4, 5)))
     img = _load_image(np.random.default_rng(0).random((8, 6, 3)))
     assert img.size == (6, 8) and img.mode == "RGB"
+
+
+def test_static_cache_and_beam_search_guard(vlm):
+    inp = make_input()
+    ko = vlmnb.Knockout("image", ("query", "generated"), vlmnb.from_layer(1))
+    rec = vlmnb.Record(image_rows=True)
+    dynamic = vlm.generate(inp, 5, knockout=ko, record=rec)
+    static = vlm.generate(inp, 5, knockout=ko, record=rec, cache_implementation="static")
+    assert static.token_ids == dynamic.token_ids
+    np.testing.assert_allclose(static.recording.fractions, dynamic.recording.fractions, atol=1e-5)
+    np.testing.assert_allclose(static.recording.image_rows, dynamic.recording.image_rows, atol=1e-5)
+    before = _state(vlm)
+    with pytest.raises(RuntimeError, match="beam search"):
+        vlm.generate(inp, 3, knockout=ko, num_beams=2)
+    assert _state(vlm) == before

@@ -592,6 +592,7 @@ class VLM:
         gen_config.return_dict_in_generate = False
         gen_config.max_new_tokens = max_new_tokens
         gen_config.use_cache = use_cache
+        generate_kwargs = gen_config.update(**generate_kwargs)  # generation options go into the config
         any_row = row_knockouts is not None and any(k is not None for k in row_knockouts)
         with self._run(knockout, record, force=any_row) as iv:
             if iv is not None:
