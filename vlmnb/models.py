@@ -28,6 +28,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from .errors import OneLineError
 from .knockout import (SPAN_NAMES, Knockout, KnockoutPlan, RowLayout, as_knockout_list, check_spans,
                        resolve_layers, span_positions)
 from .record import Record, Recorder, Recording
@@ -40,7 +41,7 @@ _REGISTRATIONS = 0  # open contexts that rely on our AttentionInterface entry
 _MISSING = object()
 
 
-class ModelNotAvailable(FileNotFoundError):
+class ModelNotAvailable(OneLineError, FileNotFoundError):
     """A model that is neither a local folder nor in the local Hugging Face cache, while offline."""
 
 
