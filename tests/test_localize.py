@@ -444,3 +444,23 @@ def test_figures_show_the_windows_chance_and_peak():
     assert len(crosses) == 1 and (crosses[0].get_xdata()[0], crosses[0].get_ydata()[0]) == (25.0, 15.0)
     html = plots.detail_text_html([{**item, "text": "a dog & a cat", "span": (2, 5)}])
     assert ">dog</span>" in html and "&amp;" in html
+
+
+def test_replay_records_the_same_rows_as_generation():
+    """A word-level model (the toy's architecture, random weights): the baseline text is
+    tokenised back to the generated ids, and one forward pass records the generation's rows."""
+    from vlmnb.data import toy_samples
+    from vlmnb.models import VLM
+    from vlmnb.record import Record
+    from vlmnb.toy.model import build_model, build_processor
+
+    vlm = VLM(build_model(seed=1), build_processor(), name="toy-random")
+    inp = vlm.prepare(toy_samples(1)[0].image)
+    gen = vlm.generate(inp, max_new_tokens=10, record=Record(fractions=False, image_rows=True))
+    replay = L._replay(vlm, inp, gen.text)
+    assert replay is not None and replay.text == gen.text
+    n = len(replay.token_ids)
+    assert replay.token_ids == gen.token_ids[:n]
+    assert np.allclose(replay.recording.image_rows, gen.recording.image_rows[:, :n], atol=1e-5)
+    # a text the model would not have written greedily is not replayed
+    assert L._replay(vlm, inp, "a large red circle at the top left.") is None or gen.text.startswith("a large red")

@@ -523,14 +523,46 @@ def _as_which(which) -> tuple[str, ...]:
     return which
 
 
+def _replay(vlm, inp, text: str):
+    """The baseline's generation with attention recorded, from one teacher-forced forward pass.
+
+    The text is tokenised again; the ids count as the generated ones only when they decode to
+    the same text and every one of them is the model's greedy choice at its position (then
+    greedy generation would have produced exactly these tokens, and the recorded rows are the
+    same rows as during generation). Otherwise None: the caller generates again.
+    """
+    from .models import Generation, _token_offsets
+    from .record import Record
+
+    tokenizer = vlm.tokenizer
+    try:
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    except Exception:  # noqa: BLE001 - any tokenizer trouble: generate instead
+        return None
+    if not ids or tokenizer.decode(ids, skip_special_tokens=True) != text:
+        return None
+    logits, rec = vlm.forward(inp, ids, record=Record(fractions=False, image_rows=True))
+    prompt = int(inp.inputs["input_ids"].shape[-1])
+    greedy = logits[0, prompt - 1: prompt - 1 + len(ids)].argmax(-1).tolist()
+    if greedy != ids:
+        return None
+    decoded, offsets = _token_offsets(tokenizer, ids)
+    if decoded != text:
+        return None
+    return Generation(text=decoded, token_ids=ids, tokens=[decoded[a:b] for a, b in offsets], offsets=offsets,
+                      spans=None, recording=rec)
+
+
 def _unit(vlm, sample, details: pd.DataFrame, masks, prompt: str, max_new_tokens: int, which: tuple[str, ...],
           map_layers: Sequence[int] | None) -> list[dict]:
     from .record import Record
 
     inp = vlm.prepare(sample.image, prompt=prompt)
-    gen = vlm.generate(inp, max_new_tokens=max_new_tokens, record=Record(fractions=False, image_rows=True))
-    rec = gen.recording
     expected = details.baseline_text.iloc[0]
+    gen = _replay(vlm, inp, expected)
+    if gen is None:
+        gen = vlm.generate(inp, max_new_tokens=max_new_tokens, record=Record(fractions=False, image_rows=True))
+    rec = gen.recording
     if gen.text != expected:
         return [{"metric": "skipped", "text": "the baseline description was not reproduced "
                  "(non-deterministic decoding?)"}]
@@ -576,8 +608,11 @@ def _unit(vlm, sample, details: pd.DataFrame, masks, prompt: str, max_new_tokens
 def measure(vlm, samples: Sequence, details: pd.DataFrame, masks, store, *, prompt: str = "describe the image",
             max_new_tokens: int = 64, which: str | Sequence[str] = ROW_CHOICES,
             map_layers: Sequence[int] | None = None, progress: bool = True) -> pd.DataFrame:
-    """Measure every fine detail: regenerate each image's baseline with attention recording,
-    tie the details to their tokens, get their masks, and apply :func:`localize`.
+    """Measure every fine detail: record each image's baseline attention again, tie the
+    details to their tokens, get their masks, and apply :func:`localize`.
+
+    The recording comes from one teacher-forced forward pass over the baseline text when its
+    tokens provably are the model's greedy output (see ``_replay``), else from generating again.
 
     Use the sweep's ``prompt`` and ``max_new_tokens``: an image whose regenerated text differs
     from ``details.baseline_text`` (the text the details were found in) is skipped with a
