@@ -3,6 +3,7 @@ and on a tiny random model of another family, and shows its figures and its verd
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,10 @@ pytestmark = pytest.mark.notebook
 OTHER_FAMILY = {
     "01_attention_fractions": ("qwen2_vl", {"n_images": 2, "max_new_tokens": 6}),
     "02_knockout": ("qwen2_vl", {"n_images": 2, "max_new_tokens": 6, "stride": 2, "n_examples": 1}),
+    # a tiled family: tiles + thumbnail geometry on the localisation path
+    "03_localization": ("internvl", {"n_images": 2, "max_new_tokens": 6, "n_examples": 1}),
+    "04_pruning": ("llava_next", {"n_images": 2, "max_new_tokens": 6, "ks": [0.1, 0.5]}),
+    "05_reprompting": ("llava", {"n_images": 2, "description_tokens": 6, "answer_tokens": 4}),
 }
 
 
@@ -66,8 +71,7 @@ def test_chapter_runs_on_a_tiny_model_of_another_family(chapter, tiny_models, tm
     args = [sys.executable, "-m", "papermill", str(ROOT / "notebooks" / f"{chapter}.ipynb"), str(out),
             "--cwd", str(tmp_path), "-p", "model", str(tiny_models[family]),
             "-p", "results_dir", str(tmp_path / "runs")]
-    for name, value in params.items():
-        args += ["-p", name, str(value)]
+    args += ["-y", json.dumps(params)]  # JSON is YAML: lists and numbers keep their types
     done = subprocess.run(args, env=book_env(tmp_path), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     _check_executed(out)
