@@ -85,7 +85,7 @@ def image_heatmap(ax, image, geometry, values, *, view: int | None = None, alpha
     boxes = np.asarray(geometry.boxes, dtype=float)
     keep = np.isfinite(boxes).all(axis=1)
     if view is not None and getattr(geometry, "views", None):
-        keep &= np.isin(np.arange(len(boxes)), geometry.views[view].get("tokens", np.arange(len(boxes))))
+        keep &= np.isin(np.arange(len(boxes)), np.asarray(geometry.views[view].tokens).ravel())
     heat = np.full((h, w), np.nan)
     for i in np.flatnonzero(keep):
         x0, y0, x1, y1 = boxes[i]
