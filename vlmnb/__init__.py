@@ -35,7 +35,8 @@ _EXPORTS = {
 
 # Submodules that are part of the public API (imported on first use, like the names above).
 _SUBMODULES = {"sweep", "fractions", "plots", "data", "judge", "store", "stats", "paper", "toy", "mme",
-               "localize", "segment", "reprompt", "batched", "explorer", "tiny"}
+               "localize", "segment", "reprompt", "batched", "explorer", "tiny", "spans", "models",
+               "knockout", "record", "book"}
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
