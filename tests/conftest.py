@@ -42,6 +42,8 @@ def copy_book_sources(dest: Path) -> Path:
     for folder in ["book", "notebooks"]:
         shutil.copytree(ROOT / folder, dest / folder,
                         ignore=shutil.ignore_patterns("chapters", "*.partial.ipynb", ".ipynb_checkpoints"))
+    # pages include files that live in the package (the judge's prompt): link it, do not copy
+    (dest / "vlmnb").symlink_to(ROOT / "vlmnb", target_is_directory=True)
     return dest
 
 

@@ -31,12 +31,13 @@ _EXPORTS = {
     "ResultStore": "store",
     "bootstrap_ci": "stats",
     "explore": "explorer", "explore_sample": "explorer",
+    "CompressedContext": "compress",
 }
 
 # Submodules that are part of the public API (imported on first use, like the names above).
 _SUBMODULES = {"sweep", "fractions", "plots", "data", "judge", "store", "stats", "paper", "toy", "mme",
                "localize", "segment", "reprompt", "batched", "explorer", "tiny", "spans", "models",
-               "knockout", "record", "book"}
+               "knockout", "record", "book", "compress", "reprompt"}
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

@@ -537,6 +537,13 @@ class VLM:
         """
         return Intervention(self, knockout=knockout, record=record, inp=inp)
 
+    def compress(self, image, **kwargs):
+        """Describe ``image`` once and keep a compressed context to ask more questions
+        (see :func:`vlmnb.compress.compress`)."""
+        from .compress import compress
+
+        return compress(self, image, **kwargs)
+
     def prepare(self, image, prompt: str = "describe the image"):
         """Model inputs for one image and prompt, with token spans and image-token geometry."""
         from . import spans
