@@ -250,3 +250,26 @@ def test_explorer_type_and_repr(tiny):
     assert ex.data["title"] == "noise-0"
     assert f"{ex.data['n_words']} words" in repr(ex)
     assert vlmnb.explore is explore
+
+
+def test_explore_sample_on_a_wordless_description_returns_a_note(tmp_path):
+    """A chapter must finish on a model that writes no words (a tiny random one can)."""
+    import vlmnb
+    from vlmnb import tiny
+    from vlmnb.explorer import Note, explore_sample
+    from PIL import Image
+
+    tiny.save("llava", tmp_path / "m")
+    vlm = vlmnb.load(tmp_path / "m")
+    eos = vlm.processor.tokenizer.eos_token_id
+    vlm.model.generation_config.eos_token_id = eos
+    # force an immediate end of sequence: the lm head predicts EOS everywhere
+    head = vlm.model.lm_head
+    import torch
+    with torch.no_grad():
+        head.weight.zero_()
+        if getattr(head, "bias", None) is not None:
+            head.bias.zero_()
+        head.weight[eos] = 1.0
+    out = explore_sample(vlm, Image.new("RGB", (40, 40), "white"), max_new_tokens=4)
+    assert isinstance(out, Note) and "no word to explore" in out._repr_html_()

@@ -282,7 +282,7 @@ def export_data(source, geometry, *, text: str | None = None, offsets=None, mask
     n_steps = rows.shape[1]
     words = [w for w in group_words(text, offsets) if all(t < n_steps for t in w.tokens)]
     if not words:
-        raise ValueError(f"the generated text {text[:60]!r} has no word to explore")
+        raise NothingToExplore(f"the generated text {text[:60]!r} has no word to explore")
     boxed = np.flatnonzero(np.isfinite(boxes).all(axis=1))
     if not len(boxed):
         raise ValueError("the geometry has no image token with a pixel box")
@@ -519,8 +519,27 @@ def explore(source, image, geometry, masks: dict | None = None, *, text: str | N
                     generation=source if hasattr(source, "recording") else None)
 
 
+class NothingToExplore(ValueError):
+    """The generated text has no word whose attention could be shown."""
+
+
+class Note:
+    """A one-line message shown in place of a widget (e.g. a model that wrote no words)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f'<p class="vlmnb-note"><em>{html.escape(self.text)}</em></p>'
+
+    def __repr__(self) -> str:
+        return self.text
+
+
 def explore_sample(vlm, sample, prompt: str = "describe the image", max_new_tokens: int = 48,
-                   layers: Any = "all", masks: dict | None = None, **kwargs) -> Explorer:
+                   layers: Any = "all", masks: dict | None = None, **kwargs) -> "Explorer | Note":
     """Describe ``sample`` (a :class:`vlmnb.data.Sample` or an image) with attention recorded
     and return its :func:`explore` widget; the generation is kept as ``.generation``.
 
@@ -536,5 +555,9 @@ def explore_sample(vlm, sample, prompt: str = "describe the image", max_new_toke
                        record=Record(fractions=True, image_rows=True, layers=layers))
     kwargs.setdefault("title", str(getattr(sample, "image_id", "")))
     all_masks = {**(getattr(sample, "masks", None) or {}), **(masks or {})}
-    return explore(gen, image if hasattr(image, "convert") else inp.image, inp.geometry,
-                   masks=all_masks or None, **kwargs)
+    try:
+        return explore(gen, image if hasattr(image, "convert") else inp.image, inp.geometry,
+                       masks=all_masks or None, **kwargs)
+    except NothingToExplore as err:
+        # a chapter run on a model that babbles (e.g. a tiny random one) must still finish
+        return Note(f"Nothing to explore for image {kwargs['title']}: {err}.")
