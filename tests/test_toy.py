@@ -164,7 +164,45 @@ def test_save_load_round_trip_gives_identical_logits(tmp_path):
 
 def _cfg(steps, **kw):
     from vlmnb.toy.train import TrainConfig
+    kw = {"vision_steps": 3, "vision_batch_size": 4, **kw}
     return TrainConfig(steps=steps, batch_size=4, lr=3e-3, warmup_steps=2, checkpoint_every=2, arch=dict(TINY), **kw)
+
+
+def test_patch_labels_follow_the_masks():
+    from vlmnb.toy.model import PATCH_SIZE
+    from vlmnb.toy.train import patch_labels
+
+    for index in range(10):
+        scene = make_scene(index, split="train")
+        labels = patch_labels(scene)
+        grid = sc.IMAGE_SIZE // PATCH_SIZE
+        for k, (shape, color, size) in enumerate(labels):
+            row, col = divmod(k, grid)
+            block = scene.masks[:, row * PATCH_SIZE:(row + 1) * PATCH_SIZE, col * PATCH_SIZE:(col + 1) * PATCH_SIZE]
+            counts = block.sum(axis=(1, 2))
+            if counts.max() < 12:
+                assert (shape, color, size) == (0, 0, 0)
+            else:
+                obj = scene.objects[int(counts.argmax())]
+                assert sc.SHAPES[shape - 1] == obj.shape and list(COLORS)[color - 1] == obj.color
+                assert sc.SIZES[size - 1] == obj.size
+        # every object owns at least its centre patch
+        assert (labels[:, 0] > 0).sum() >= len(scene.objects)
+
+
+def test_vision_pretraining_learns_patch_labels():
+    from vlmnb.toy.train import pretrain_vision
+
+    model = build_model(ToyArchitecture(**TINY), seed=0)
+    cfg = _cfg(1, vision_steps=40, vision_batch_size=8)
+    import io
+    import json
+    log = io.StringIO()
+    pretrain_vision(model, cfg, progress=False, log=log)
+    losses = [json.loads(line)["loss_vision"] for line in log.getvalue().splitlines()]
+    assert len(losses) == 40
+    # from ~ln(4..6) per head at the start to well below it
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:2])
 
 
 def test_few_training_steps_lower_the_loss(tmp_path):

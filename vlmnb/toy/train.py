@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from vlmnb.toy.model import (DEFAULT_PROMPT, NUM_IMAGE_TOKENS, PATCH_SIZE, ToyArchitecture, build_model, build_processor,
                              pixel_values)
-from vlmnb.toy.scenes import ASPECTS, IMAGE_SIZE, make_scene, object_names
+from vlmnb.toy.scenes import ASPECTS, COLORS, IMAGE_SIZE, SHAPES, SIZES, make_scene, object_names
 
 TASKS = ("description",) + ASPECTS  # task ids used in the per-task loss log
 
@@ -59,6 +59,11 @@ class TrainConfig:
     sink_weight: float = 1.0
     sink_aspects: tuple[str, ...] = ("existence",)
     init_from: str | None = None      # fine-tune from this save_pretrained folder instead of a fresh model
+    # stage 0: the vision tower alone learns to label every patch with the shape, colour and size
+    # of the object covering it (as hub VLMs start from a pretrained CLIP); 0 turns it off
+    vision_steps: int = 1500
+    vision_batch_size: int = 32
+    vision_lr: float = 2e-3
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -195,6 +200,66 @@ def sink_loss(attentions, sinks, layers, head: int) -> torch.Tensor:
     return torch.stack(terms).mean()
 
 
+def patch_labels(scene, min_pixels: int = 12) -> np.ndarray:
+    """Per-patch targets of the vision pre-training, shape (patches, 3): shape, colour and size
+    index + 1 of the object owning most of the patch's pixels (0: background or a sliver of less
+    than ``min_pixels`` pixels)."""
+    grid = IMAGE_SIZE // PATCH_SIZE
+    labels = np.zeros((grid * grid, 3), dtype=np.int64)
+    if not scene.objects:
+        return labels
+    counts = scene.masks.reshape(len(scene.objects), grid, PATCH_SIZE, grid, PATCH_SIZE).sum(axis=(2, 4))
+    counts = counts.reshape(len(scene.objects), -1)
+    owner, top = counts.argmax(axis=0), counts.max(axis=0)
+    for k in np.flatnonzero(top >= min_pixels):
+        o = scene.objects[owner[k]]
+        labels[k] = (SHAPES.index(o.shape) + 1, list(COLORS).index(o.color) + 1, SIZES.index(o.size) + 1)
+    return labels
+
+
+VISION_HEADS = (len(SHAPES) + 1, len(COLORS) + 1, len(SIZES) + 1)
+
+
+def pretrain_vision(model, cfg: TrainConfig, progress: bool = True, log=None) -> float:
+    """Stage 0: train the vision tower alone to label every patch (shape, colour, size of the object
+    covering it) through a throw-away linear head; returns the last step's loss.
+
+    Like the CLIP encoder of a hub LLaVA, the tower then arrives at the chat stage already seeing
+    shapes; batches are a pure function of (seed, step), on scenes the chat stage never draws.
+    """
+    tower = model.model.vision_tower
+    torch.manual_seed(cfg.seed)
+    head = torch.nn.Linear(tower.config.hidden_size, sum(VISION_HEADS))
+    params = list(tower.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.vision_lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay,
+                                  foreach=False)
+    tower.train()
+    loss_value = float("nan")
+    bar = tqdm(range(cfg.vision_steps), disable=not progress, desc="vision")
+    for step in bar:
+        warm = min(1.0, (step + 1) / cfg.warmup_steps)
+        decay = 1 - 0.9 * max(0.0, step - 0.75 * cfg.vision_steps) / (0.25 * cfg.vision_steps)
+        for g in optimizer.param_groups:
+            g["lr"] = cfg.vision_lr * warm * decay
+        # scene indices far above anything the chat stage uses (it draws step * batch + b)
+        scenes = [make_scene(10_000_000 + step * cfg.vision_batch_size + b, split="train", seed=cfg.seed)
+                  for b in range(cfg.vision_batch_size)]
+        target = torch.from_numpy(np.stack([patch_labels(s) for s in scenes]))
+        feats = tower(pixel_values([s.image for s in scenes])).last_hidden_state[:, 1:]
+        logits = head(feats).split(VISION_HEADS, dim=-1)
+        loss = sum(torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]), target[..., i].reshape(-1))
+                   for i, lg in enumerate(logits)) / len(VISION_HEADS)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        loss_value = loss.item()
+        if log is not None:
+            log.write(json.dumps({"vision_step": step + 1, "loss_vision": round(loss_value, 5)}) + "\n")
+        bar.set_postfix(loss=f"{loss_value:.3f}")
+    return loss_value
+
+
 def _save_checkpoint(out: Path, step: int, model, optimizer, cfg: TrainConfig, log_tail: dict) -> None:
     tmp = out / "checkpoint.tmp"
     if tmp.exists():
@@ -277,6 +342,10 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), resume: bool = Fals
             (out / "log.jsonl").write_text("".join(line + "\n" for line in kept))
     elif (out / "log.jsonl").exists():
         (out / "log.jsonl").unlink()
+    if start == 0 and not cfg.init_from and cfg.vision_steps > 0:
+        with open(out / "vision_log.jsonl", "w") as vlog:
+            pretrain_vision(model, cfg, progress=progress, log=vlog)
+        model.train()
     builder = SequenceBuilder(processor)
     log = open(out / "log.jsonl", "a")
     t0 = time.time()
@@ -360,6 +429,8 @@ def main(argv=None) -> None:
                         help="decoder layers whose head --sink-head gets attention supervision (off by default)")
     parser.add_argument("--sink-head", type=int, default=0)
     parser.add_argument("--sink-weight", type=float, default=1.0)
+    parser.add_argument("--vision-steps", type=int, default=TrainConfig.vision_steps,
+                        help="steps of the per-patch vision pre-training before the chat stage (0: none)")
     parser.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint if present")
     args = parser.parse_args(argv)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
@@ -367,7 +438,7 @@ def main(argv=None) -> None:
                       description_first=args.description_first, checkpoint_every=args.checkpoint_every,
                       arch={"text_layers": args.text_layers}, lookup_share=args.lookup_share, vision_lr_scale=args.vision_lr_scale,
                       init_from=args.init_from, sink_layers=args.sink_layers, sink_head=args.sink_head,
-                      sink_weight=args.sink_weight)
+                      sink_weight=args.sink_weight, vision_steps=args.vision_steps)
     if args.init_from:
         import transformers
         base = transformers.AutoConfig.from_pretrained(args.init_from).text_config
