@@ -222,3 +222,91 @@ def test_preallocated_cache_layer_holds_what_concatenation_holds():
         k2, v2 = concatenated.update(*step, layer_idx=0)
         assert torch.equal(k, k2) and torch.equal(v, v2)
     assert grown.get_seq_length() == concatenated.get_seq_length() == 10
+
+
+@pytest.mark.parametrize("q_len", [1, 3])
+@pytest.mark.parametrize("masked", [False, True])
+def test_split_attention_equals_sdpa_on_the_materialized_keys(q_len, masked):
+    from types import SimpleNamespace as NS
+
+    torch.manual_seed(q_len)
+    rows, heads, kv_heads, prefix_len, suffix_len, d = 5, 4, 2, 7, 6, 8
+    query = torch.randn(rows, heads, q_len, d)
+    keys = batched.SplitKV(torch.randn(1, kv_heads, prefix_len, d), torch.randn(rows, kv_heads, suffix_len, d))
+    values = batched.SplitKV(torch.randn(1, kv_heads, prefix_len, d), torch.randn(rows, kv_heads, suffix_len, d))
+    kv = prefix_len + suffix_len
+    q_start = kv - q_len
+    causal = torch.arange(kv)[None, :] <= torch.arange(q_start, kv)[:, None]
+    mask = causal.expand(rows, 1, q_len, kv).clone()
+    if masked:  # knock out some prefix keys in some rows (as a knockout of image -> query would)
+        mask[1, :, :, 2:5] = False
+        mask[3, :, :, 0] = False
+    module = NS(scaling=d ** -0.5, is_causal=True)
+    out, weights = batched.split_attention(module, query, keys, values, mask if masked else None, q_start)
+    k_full = keys.materialize().repeat_interleave(heads // kv_heads, dim=1)
+    v_full = values.materialize().repeat_interleave(heads // kv_heads, dim=1)
+    expected = torch.nn.functional.scaled_dot_product_attention(query, k_full, v_full, attn_mask=mask)
+    assert out.shape == (rows, q_len, heads, d)
+    assert torch.allclose(out, expected.transpose(1, 2), atol=1e-5)
+    scores = (query @ k_full.transpose(-1, -2)) * d ** -0.5
+    reference = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).mean(1)
+    assert torch.allclose(weights, reference, atol=1e-6)
+    if masked:
+        assert float(weights[1, :, 2:5].abs().max()) == 0.0
+
+
+def test_shared_cache_keeps_one_copy_of_the_prefix():
+    from transformers import DynamicCache
+
+    torch.manual_seed(0)
+    prefix = DynamicCache()
+    pk, pv = torch.randn(1, 2, 9, 4), torch.randn(1, 2, 9, 4)
+    prefix.update(pk, pv, layer_idx=0)
+    cache = batched.shared_cache(prefix, rows=3, capacity=2)
+    layer = cache.layers[0]
+    assert layer.prefix_keys.data_ptr() == prefix.layers[0].keys.data_ptr()  # shared, not expanded
+    assert cache.get_seq_length() == 9
+    plain = DynamicCache()
+    plain.update(pk.expand(3, -1, -1, -1).clone(), pv.expand(3, -1, -1, -1).clone(), layer_idx=0)
+    for n in (2, 1, 4):  # the last step outgrows the reserved room
+        step = torch.randn(3, 2, n, 4), torch.randn(3, 2, n, 4)
+        k, v = cache.update(*step, layer_idx=0)
+        k2, v2 = plain.update(*step, layer_idx=0)
+        assert isinstance(k, batched.SplitKV) and k.shape == k2.shape
+        assert torch.equal(k.materialize(), k2) and torch.equal(v.materialize(), v2)
+    assert cache.get_seq_length() == plain.get_seq_length() == 16
+    assert prefix.get_seq_length() == 9  # the shared prefix itself is never written
+
+
+def test_record_rows_records_only_those_rows(vlm):
+    from vlmnb.record import Record
+
+    inp = vlm.prepare(_image(5), prompt="describe the image")
+    knockouts = [None, Knockout("image", "generated", layers=from_layer(1))]
+    spec = Record(fractions=True, image_rows=True)
+    both = vlm.generate_batch([inp, inp], max_new_tokens=4, record=spec, row_knockouts=knockouts)
+    one = vlm.generate_batch([inp, inp], max_new_tokens=4, record=spec, row_knockouts=knockouts, record_rows=[1])
+    assert one[0].recording is None and one[0].token_ids == both[0].token_ids
+    assert np.allclose(one[1].recording.fractions, both[1].recording.fractions, atol=1e-6)
+    assert np.allclose(one[1].recording.image_rows, both[1].recording.image_rows, atol=1e-6)
+    with pytest.raises(ValueError, match="record_rows"):
+        vlm.generate_batch([inp, inp], max_new_tokens=2, record=spec, row_knockouts=knockouts, record_rows=[2])
+
+
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+def test_shared_prefix_rows_equal_single_runs_in_every_family(family):
+    """The unexpanded shared prefix (and recording the baseline row only) in all nine families."""
+    from vlmnb.record import Record
+
+    model, processor = tiny.build(family)
+    vlm = VLM(model, processor, name=f"tiny-{family}")
+    inp = vlm.prepare(_image(1), prompt="describe the image")
+    configs = [c for c in sweep.knockout_configs(vlm.num_layers, stride=1, window=(1, 1)) if c.kind != "top-k"]
+    knockouts = [c.knockouts(None, inp.spans.image) for c in configs]
+    spec = Record(fractions=False, image_rows=True)
+    outs = batched.generate_rows(vlm, inp, knockouts, 6, record=spec, record_rows=[0])
+    for config, ko, out in zip(configs, knockouts, outs):
+        assert out.token_ids == vlm.generate(inp, max_new_tokens=6, knockout=ko or None).token_ids, config.name
+    alone = vlm.generate(inp, max_new_tokens=6, record=spec).recording.image_rows
+    assert np.allclose(outs[0].recording.image_rows, alone, atol=1e-6)
+    assert all(out.recording is None for out in outs[1:])

@@ -52,6 +52,8 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
 
     entry = _ACTIVE.get(module)
     if entry is None:
+        if hasattr(key, "materialize"):  # a shared-prefix cache outside an intervention
+            key, value = key.materialize(), value.materialize()
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     intervention, layer = entry
     return intervention._attend(layer, module, query, key, value, attention_mask, **kwargs)
@@ -138,6 +140,7 @@ class Intervention:
         self._rows: list[RowLayout] = []
         self._row_knockouts: list[list[Knockout]] = []
         self._length = 0
+        self._record_rows: list[int] | None = None
         self._q_end: int | None = None
         self._mask_cache: dict = {}
         self._calls = 0
@@ -218,12 +221,14 @@ class Intervention:
 
     # -------------------------------------------------------------- binding a run
     def bind(self, prepared: Sequence[Any], length: int | None, pads: Sequence[int] | None = None,
-             row_knockouts: Sequence[Sequence[Knockout]] | None = None) -> None:
+             row_knockouts: Sequence[Sequence[Knockout]] | None = None,
+             record_rows: Sequence[int] | None = None) -> None:
         """Resolve knockouts and the recorder for concrete inputs (batch rows).
 
         ``length`` is the padded total length the run may reach (prompt + generated); None
-        means "grow when needed". Raises ValueError (before the model runs) on bad spans or a
-        knockout that would leave a query with nothing to attend to.
+        means "grow when needed". ``record_rows`` limits recording to these batch rows (the
+        others get no recording and cost nothing). Raises ValueError (before the model runs) on
+        bad spans or a knockout that would leave a query with nothing to attend to.
         """
         import torch
 
@@ -248,13 +253,19 @@ class Intervention:
         self._length = length if length is not None else prompt_padded + 256
         self._build_plan(check=True)
         self.recorder = None
+        self._record_rows = None
         if self.record is not None:
             layers = resolve_layers(self.record.layers, self.vlm.num_layers)
-            image = [span_positions(r.spans, "image") + r.pad for r in rows]
+            chosen = list(range(len(rows))) if record_rows is None else sorted(set(int(b) for b in record_rows))
+            if not chosen or chosen[0] < 0 or chosen[-1] >= len(rows):
+                raise ValueError(f"record_rows must name rows of the batch (0..{len(rows) - 1}), got {record_rows}")
+            image = [span_positions(rows[b].spans, "image") + rows[b].pad for b in chosen]
             n_image = max(len(i) for i in image)
             if any(len(i) != n_image for i in image):
                 raise ValueError("recording image rows needs the same number of image tokens in every batch row")
-            self.recorder = Recorder(self.record, layers, self._key_spans(self._length),
+            if len(chosen) < len(rows):
+                self._record_rows = chosen
+            self.recorder = Recorder(self.record, layers, self._key_spans(self._length)[chosen],
                                      torch.as_tensor(np.stack(image)), first=prompt_padded - 1)
         self.recordings = []
         self._q_end = None
@@ -284,7 +295,8 @@ class Intervention:
         self._length = max(needed, 2 * self._length)
         self._build_plan(check=False)
         if self.recorder is not None:
-            self.recorder.key_spans = self._key_spans(self._length)
+            spans = self._key_spans(self._length)
+            self.recorder.key_spans = spans if self._record_rows is None else spans[self._record_rows]
             self.recorder._device_cache = {}
             self.recorder._onehot_key = None
 
@@ -296,8 +308,12 @@ class Intervention:
         if self.recorder is None:
             self.recordings = []
         else:
-            positions = [span_positions(r.spans, "image") for r in self._rows]
-            self.recordings = self.recorder.finish(list(n_steps_per_row), positions, meta)
+            chosen = self._record_rows if self._record_rows is not None else range(len(self._rows))
+            positions = [span_positions(self._rows[b].spans, "image") for b in chosen]
+            recorded = self.recorder.finish([list(n_steps_per_row)[b] for b in chosen], positions, meta)
+            self.recordings = [None] * len(self._rows)
+            for b, recording in zip(chosen, recorded):
+                self.recordings[b] = recording
         return self.recordings
 
     # -------------------------------------------------------------- during the forward pass
@@ -331,8 +347,22 @@ class Intervention:
         plan = self.plan.layers[layer] if self.plan is not None else None
         if plan is not None and plan.touches(q_start, q_end + 1):
             mask = self._knockout_mask(plan, attention_mask, q_start, q_len, k_start, kv_len, module, query.device)
-        out, _ = sdpa_attention_forward(module, query, key, value, mask, **kwargs)
         recorder = self.recorder
+        if hasattr(key, "materialize"):  # a shared, unexpanded prefix (vlmnb.batched.SplitKV)
+            from .batched import split_attention
+
+            if mask is None and not getattr(module, "is_causal", True):
+                mask = query.new_ones((1, 1, q_len, kv_len), dtype=bool)
+            out, weights = split_attention(module, query, key, value, mask, q_start, **kwargs)
+            if recorder is not None and recorder.wants(layer):
+                r_start, r_stop = recorder.rows_of(q_start, q_end + 1)
+                if r_start < r_stop:
+                    weights = weights[:, r_start - q_start:r_stop - q_start]
+                    if self._record_rows is not None:
+                        weights = weights[self._record_rows]
+                    recorder.observe(layer, weights, k_start, r_start - recorder.first)
+            return out, None
+        out, _ = sdpa_attention_forward(module, query, key, value, mask, **kwargs)
         if recorder is not None and recorder.wants(layer):
             r_start, r_stop = recorder.rows_of(q_start, q_end + 1)
             if r_start < r_stop:
@@ -340,7 +370,14 @@ class Intervention:
                 row_mask = None if mask is None else mask[:, :, rows] if mask.shape[2] > 1 else mask
                 if row_mask is None and not getattr(module, "is_causal", True):
                     row_mask = query.new_ones((1, 1, r_stop - r_start, kv_len), dtype=bool)
-                weights = _attention_rows(module, query[:, :, rows], key, row_mask, r_start, k_start, **kwargs)
+                q_rows, k_rows = query[:, :, rows], key
+                if self._record_rows is not None:  # only some batch rows are recorded
+                    index = self._record_rows
+                    q_rows = q_rows[index]
+                    k_rows = key[index] if key.shape[0] > 1 else key
+                    if row_mask is not None and row_mask.shape[0] > 1:
+                        row_mask = row_mask[index]
+                weights = _attention_rows(module, q_rows, k_rows, row_mask, r_start, k_start, **kwargs)
                 recorder.observe(layer, weights, k_start, r_start - recorder.first)
         return out, None
 
@@ -574,11 +611,13 @@ class VLM:
 
     def generate_batch(self, inps: Sequence[Any], max_new_tokens: int = 64, knockout=None,
                        record: Record | None = None, row_knockouts=None, do_sample: bool = False,
-                       use_cache: bool = True, **generate_kwargs) -> list[Generation]:
+                       use_cache: bool = True, record_rows: Sequence[int] | None = None,
+                       **generate_kwargs) -> list[Generation]:
         """Generate for several prepared inputs as one left-padded batch.
 
         ``knockout`` applies to every row; ``row_knockouts`` (one entry per row: None, a
-        Knockout or a list) adds knockouts that differ per row.
+        Knockout or a list) adds knockouts that differ per row. ``record_rows`` limits
+        ``record`` to these rows (the others' ``recording`` is None).
         """
         import torch
 
@@ -604,7 +643,8 @@ class VLM:
         any_row = row_knockouts is not None and any(k is not None for k in row_knockouts)
         with self._run(knockout, record, force=any_row) as iv:
             if iv is not None:
-                iv.bind(inps, length=prompt + max_new_tokens, pads=pads, row_knockouts=row_knockouts)
+                iv.bind(inps, length=prompt + max_new_tokens, pads=pads, row_knockouts=row_knockouts,
+                        record_rows=record_rows)
             with torch.no_grad():
                 sequences = self.model.generate(**inputs, generation_config=gen_config, **generate_kwargs)
             ids_per_row = [self._trim(sequences[b, prompt:].tolist()) for b in range(len(inps))]

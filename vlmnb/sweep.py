@@ -270,7 +270,7 @@ def _run_batched(vlm, samples, configs, store, prompt, max_new_tokens, progress,
                 row_knockouts = [c.knockouts(baseline_attention, inp.spans.image) for c in group]
                 record = _baseline_record() if group[0].kind == "baseline" else None
                 outs = batched.generate_rows(vlm, inp, row_knockouts, max_new_tokens, record=record,
-                                             prefix=prefix)
+                                             prefix=prefix, record_rows=[0] if record is not None else None)
                 for config, out in zip(group, outs):
                     store.put(key(config), _unit_rows(config, out))
                     tokens += len(out.token_ids)
