@@ -176,8 +176,10 @@ def test_patch_labels_follow_the_masks():
         scene = make_scene(index, split="train")
         labels = patch_labels(scene)
         grid = sc.IMAGE_SIZE // PATCH_SIZE
-        for k, (shape, color, size) in enumerate(labels):
+        for k, (shape, color, size, cell) in enumerate(labels):
             row, col = divmod(k, grid)
+            x, y = col * PATCH_SIZE + PATCH_SIZE // 2, row * PATCH_SIZE + PATCH_SIZE // 2
+            assert cell == (y // sc.CELL_SIZE) * sc.GRID + x // sc.CELL_SIZE
             block = scene.masks[:, row * PATCH_SIZE:(row + 1) * PATCH_SIZE, col * PATCH_SIZE:(col + 1) * PATCH_SIZE]
             counts = block.sum(axis=(1, 2))
             if counts.max() < 12:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from vlmnb.toy.model import (DEFAULT_PROMPT, NUM_IMAGE_TOKENS, PATCH_SIZE, ToyArchitecture, build_model, build_processor,
                              pixel_values)
-from vlmnb.toy.scenes import ASPECTS, COLORS, IMAGE_SIZE, SHAPES, SIZES, make_scene, object_names
+from vlmnb.toy.scenes import ASPECTS, COLORS, GRID, IMAGE_SIZE, SHAPES, SIZES, make_scene, object_names
 
 TASKS = ("description",) + ASPECTS  # task ids used in the per-task loss log
 
@@ -201,11 +201,14 @@ def sink_loss(attentions, sinks, layers, head: int) -> torch.Tensor:
 
 
 def patch_labels(scene, min_pixels: int = 12) -> np.ndarray:
-    """Per-patch targets of the vision pre-training, shape (patches, 3): shape, colour and size
+    """Per-patch targets of the vision pre-training, shape (patches, 4): shape, colour and size
     index + 1 of the object owning most of the patch's pixels (0: background or a sliver of less
-    than ``min_pixels`` pixels)."""
+    than ``min_pixels`` pixels), and the index of the grid cell the patch lies in."""
     grid = IMAGE_SIZE // PATCH_SIZE
-    labels = np.zeros((grid * grid, 3), dtype=np.int64)
+    labels = np.zeros((grid * grid, 4), dtype=np.int64)
+    per_cell = grid // GRID
+    rows, cols = np.divmod(np.arange(grid * grid), grid)
+    labels[:, 3] = (rows // per_cell) * GRID + cols // per_cell
     if not scene.objects:
         return labels
     counts = scene.masks.reshape(len(scene.objects), grid, PATCH_SIZE, grid, PATCH_SIZE).sum(axis=(2, 4))
@@ -213,16 +216,20 @@ def patch_labels(scene, min_pixels: int = 12) -> np.ndarray:
     owner, top = counts.argmax(axis=0), counts.max(axis=0)
     for k in np.flatnonzero(top >= min_pixels):
         o = scene.objects[owner[k]]
-        labels[k] = (SHAPES.index(o.shape) + 1, list(COLORS).index(o.color) + 1, SIZES.index(o.size) + 1)
+        labels[k, :3] = (SHAPES.index(o.shape) + 1, list(COLORS).index(o.color) + 1, SIZES.index(o.size) + 1)
     return labels
 
 
-VISION_HEADS = (len(SHAPES) + 1, len(COLORS) + 1, len(SIZES) + 1)
+# shape, colour, size (each with a background class) and the patch's own grid cell: the cell
+# head keeps absolute position in the tower's output, which look-ups by position words need
+# (the decoder's rotary positions are relative)
+VISION_HEADS = (len(SHAPES) + 1, len(COLORS) + 1, len(SIZES) + 1, GRID * GRID)
 
 
 def pretrain_vision(model, cfg: TrainConfig, progress: bool = True, log=None) -> float:
     """Stage 0: train the vision tower alone to label every patch (shape, colour, size of the object
-    covering it) through a throw-away linear head; returns the last step's loss.
+    covering it, and the patch's grid cell) through a throw-away linear head; returns the last
+    step's loss.
 
     Like the CLIP encoder of a hub LLaVA, the tower then arrives at the chat stage already seeing
     shapes; batches are a pure function of (seed, step), on scenes the chat stage never draws.
