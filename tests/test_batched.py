@@ -19,13 +19,6 @@ FAMILIES = ["llava", "qwen2_vl"]
 NEW = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def vlm(request):

@@ -20,13 +20,6 @@ QUESTION = "is there a dog?"
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _image(seed: int = 0):
     from PIL import Image

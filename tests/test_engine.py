@@ -17,14 +17,6 @@ IMAGE_TOKEN = 99
 N_IMAGE = 16  # (32 / 8) ** 2 patches, CLS dropped
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run ~10x faster on one thread when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers, decoders

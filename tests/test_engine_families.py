@@ -18,14 +18,6 @@ tiny = pytest.importorskip("vlmnb.tiny")
 FAMILIES = list(tiny.FAMILIES)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run ~10x faster on one thread when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _image(seed, size=(56, 40)):
     return (np.random.default_rng(seed).random((size[1], size[0], 3)) * 255).astype(np.uint8)

@@ -11,13 +11,6 @@ from vlmnb.knockout import Knockout, KnockoutPlan, RowLayout, resolve_layers
 from test_engine import FakeSpans, make_input, tiny_vlm  # noqa: F401  (shared tiny model helpers)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def vlm():

@@ -11,13 +11,6 @@ from vlmnb.record import Record, Recording
 from test_engine import make_input, tiny_vlm
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def vlm():

@@ -19,13 +19,6 @@ from vlmnb.models import VLM  # noqa: E402
 from vlmnb.store import ResultStore  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _answers(rows):
     """Answer rows as the store holds them: (method, category, pair, kind, truth, text)."""

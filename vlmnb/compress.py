@@ -44,6 +44,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from .batched import _cache_kwarg, _inner
+
 KEEP_MODES = ("query+topk", "query", "topk")
 ATTENTION_NAME = "vlmnb_compressed"
 FORMAT_VERSION = 1
@@ -52,7 +54,6 @@ _SENTINEL = "VLMNBANSWERSENTINEL"
 
 # attention module -> (_AskState, layer index); filled only while an ask runs
 _ACTIVE: dict[Any, tuple["_AskState", int]] = {}
-_REGISTRATIONS = 0
 
 
 # ============================================================================ attention function
@@ -96,25 +97,16 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
 
 
 def _register() -> None:
-    from transformers import AttentionInterface, AttentionMaskInterface
-    from transformers.masking_utils import sdpa_mask
+    # the model still builds one mask for layer 0's lengths; _attention above ignores it
+    from .models import register_attention
 
-    global _REGISTRATIONS
-    if _REGISTRATIONS == 0:
-        AttentionInterface.register(ATTENTION_NAME, _attention)
-        # the model still builds one mask for layer 0's lengths; the function above ignores it
-        AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
-    _REGISTRATIONS += 1
+    register_attention(ATTENTION_NAME, _attention)
 
 
 def _unregister() -> None:
-    from transformers import AttentionInterface, AttentionMaskInterface
+    from .models import unregister_attention
 
-    global _REGISTRATIONS
-    _REGISTRATIONS -= 1
-    if _REGISTRATIONS == 0:
-        AttentionInterface._global_mapping.pop(ATTENTION_NAME, None)
-        AttentionMaskInterface._global_mapping.pop(ATTENTION_NAME, None)
+    unregister_attention(ATTENTION_NAME)
 
 
 @contextmanager
@@ -259,21 +251,6 @@ def _check_family(vlm) -> None:
                                   f"supported: {', '.join(SUPPORTED_FAMILIES)}")
 
 
-def _cache_kwarg(model) -> str:
-    """The name under which this transformers version takes a KV cache (``cache`` in 5.x)."""
-    import inspect
-
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return "past_key_values"
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _inner_model(vlm):
-    return getattr(vlm.model, "model", vlm.model)
-
-
 def describe(vlm, image, prompt: str = "describe the image", max_new_tokens: int = 64) -> ImagePass:
     """Run the image pass once: generate for ``prompt`` while recording image attention, then
     cache the prompt's keys and values (one extra forward over the prompt, no generation).
@@ -296,7 +273,7 @@ def describe(vlm, image, prompt: str = "describe the image", max_new_tokens: int
         vlm.model(**inputs, **{_cache_kwarg(vlm.model): cache}, use_cache=True)
     rope_delta = None
     if vlm.family in MROPE_FAMILIES:
-        deltas = getattr(_inner_model(vlm), "rope_deltas", None)
+        deltas = getattr(_inner(vlm), "rope_deltas", None)
         if deltas is None:
             raise NotImplementedError(f"{vlm.family}: the model did not expose its rope_deltas after the prompt "
                                       "pass, so the positions of new tokens are unknown")

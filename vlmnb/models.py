@@ -37,7 +37,6 @@ ATTENTION_NAME = "vlmnb"
 
 # attention module -> (active Intervention, decoder layer index); filled only inside contexts
 _ACTIVE: dict[Any, tuple["Intervention", int]] = {}
-_REGISTRATIONS = 0  # open contexts that rely on our AttentionInterface entry
 _MISSING = object()
 
 
@@ -59,25 +58,39 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
     return intervention._attend(layer, module, query, key, value, attention_mask, **kwargs)
 
 
-def _register() -> None:
+_REGISTERED: dict[str, int] = {}  # attention name -> open contexts relying on its registration
+
+
+def register_attention(name: str, function) -> None:
+    """Register ``function`` under ``name`` in transformers' ``AttentionInterface`` (and the
+    standard SDPA mask builder under the same name, without which the model builds no causal
+    or padding mask); counted, so nested contexts register once."""
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import sdpa_mask
 
-    global _REGISTRATIONS
-    if _REGISTRATIONS == 0:
-        AttentionInterface.register(ATTENTION_NAME, _attention)
-        AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
-    _REGISTRATIONS += 1
+    if _REGISTERED.get(name, 0) == 0:
+        AttentionInterface.register(name, function)
+        AttentionMaskInterface.register(name, sdpa_mask)
+    _REGISTERED[name] = _REGISTERED.get(name, 0) + 1
+
+
+def unregister_attention(name: str) -> None:
+    """Undo one :func:`register_attention`; the last one removes the entries again."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+
+    _REGISTERED[name] -= 1
+    if _REGISTERED[name] == 0:
+        del _REGISTERED[name]
+        AttentionInterface._global_mapping.pop(name, None)
+        AttentionMaskInterface._global_mapping.pop(name, None)
+
+
+def _register() -> None:
+    register_attention(ATTENTION_NAME, _attention)
 
 
 def _unregister() -> None:
-    from transformers import AttentionInterface, AttentionMaskInterface
-
-    global _REGISTRATIONS
-    _REGISTRATIONS -= 1
-    if _REGISTRATIONS == 0:
-        AttentionInterface._global_mapping.pop(ATTENTION_NAME, None)
-        AttentionMaskInterface._global_mapping.pop(ATTENTION_NAME, None)
+    unregister_attention(ATTENTION_NAME)
 
 
 def _attention_rows(module, query, key, mask, q_start: int, k_start: int, **kwargs):
