@@ -290,3 +290,23 @@ def test_sink_targets_point_at_the_asked_object():
         assert (keys == [0]) == (answer == "no")
         if answer == "yes":
             assert all(int(ids[k]) == image_id for k in keys)
+
+
+def test_training_curves_average_the_log_and_ship_with_the_model(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from vlmnb.toy.show import plot_training_curves, training_curves
+    from vlmnb.toy.train import train
+
+    train(tmp_path, _cfg(4), progress=False)
+    steps = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    curves = training_curves(tmp_path / "log.jsonl", window=2)
+    assert list(curves.step) == [2, 4]
+    expected = np.mean([s["loss_description"] for s in steps[2:4] if "loss_description" in s])
+    assert abs(curves.loss_description.iloc[1] - expected) < 1e-4
+    shipped = pd.read_csv(tmp_path / "model" / "training_curves.csv")  # written with every model save
+    assert list(shipped.step) == [4] and set(shipped.columns) >= {"loss_description", "lr"}
+    fig = plot_training_curves(tmp_path / "model" / "training_curves.csv")
+    assert [ax.get_xlabel() for ax in fig.axes] == ["training step", "training step"]

@@ -60,3 +60,61 @@ def quality_table(eval_json: str | Path) -> pd.DataFrame:
         rows.append((f"yes/no: {aspect}", "ACC", v["acc"], v["swap_acc"]))
         rows.append((f"yes/no: {aspect}", "ACC+", v["acc_plus"], v["swap_acc_plus"]))
     return pd.DataFrame(rows, columns=["task", "metric", "value", "image swapped"]).round(3)
+
+
+CURVE_COLUMNS = {
+    "loss_description": "description",
+    "loss_position_lookup": "position look-up",
+    "first_existence": "yes/no: existence",
+    "first_color": "yes/no: colour",
+    "first_position": "yes/no: position",
+    "first_count": "yes/no: count",
+}
+
+
+def training_curves(log_jsonl: str | Path, window: int = 50) -> pd.DataFrame:
+    """Per-task answer losses of a training log (``log.jsonl``), averaged over windows of
+    ``window`` steps: one row per window (``step`` = its last step). Description and look-up
+    columns are the mean loss per answer token; yes/no columns are the loss of the first answer
+    token ("yes"/"no") alone, whose chance level is ln 2."""
+    rows = [json.loads(line) for line in Path(log_jsonl).read_text().splitlines() if line.strip()]
+    if not rows:
+        raise ValueError(f"{log_jsonl} has no training steps")
+    frame = pd.DataFrame(rows)
+    frame["window"] = (frame["step"] - 1) // window
+    columns = [c for c in CURVE_COLUMNS if c in frame]
+    out = frame.groupby("window").agg({"step": "max", "lr": "last", **{c: "mean" for c in columns}})
+    return out.reset_index(drop=True).round(5)
+
+
+def plot_training_curves(curves: pd.DataFrame | str | Path, title: str = ""):
+    """Two panels: answer-token loss of descriptions and look-ups; first-token loss of the
+    yes/no aspects against chance (ln 2). ``curves``: a :func:`training_curves` frame or its CSV
+    (``training_curves.csv`` next to a checkpoint)."""
+    import matplotlib.pyplot as plt
+
+    from vlmnb import plots
+
+    if not isinstance(curves, pd.DataFrame):
+        curves = pd.read_csv(curves)
+    fig, (left, right) = plots.figure(1, 2, height=3.4)
+    for column in ("loss_description", "loss_position_lookup"):
+        if column in curves:
+            left.plot(curves["step"], curves[column], label=CURVE_COLUMNS[column])
+    left.set_yscale("log")
+    left.set_xlabel("training step")
+    left.set_ylabel("loss per answer token (nats, log scale)")
+    left.legend()
+    for column in ("first_existence", "first_color", "first_position", "first_count"):
+        if column in curves:
+            right.plot(curves["step"], curves[column], label=CURVE_COLUMNS[column])
+    right.axhline(np.log(2), color="black", ls=":", lw=1, label="chance (ln 2)")
+    right.set_ylim(0, max(1.0, float(np.log(2)) * 1.2))
+    right.set_xlabel("training step")
+    right.set_ylabel("loss of the yes/no token (nats)")
+    right.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -399,6 +399,10 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), resume: bool = Fals
             _save_checkpoint(out, step + 1, model, optimizer, cfg, entry)
             if save_every_model:
                 save_pretrained(model, processor, out / "model")
+                from vlmnb.toy.show import training_curves
+
+                log.flush()  # the curves ship next to the weights
+                training_curves(out / "log.jsonl").to_csv(out / "model" / "training_curves.csv", index=False)
     log.close()
     return model
 
