@@ -310,3 +310,17 @@ def test_training_curves_average_the_log_and_ship_with_the_model(tmp_path):
     assert list(shipped.step) == [4] and set(shipped.columns) >= {"loss_description", "lr"}
     fig = plot_training_curves(tmp_path / "model" / "training_curves.csv")
     assert [ax.get_xlabel() for ax in fig.axes] == ["training step", "training step"]
+
+
+def test_ability_table_applies_the_targets(tmp_path):
+    import json
+
+    from vlmnb.toy.show import ability_table
+
+    result = {"description": {"object_f1": 0.97, "exact": 0.79},
+              "position_lookup": {"acc": 0.96, "acc_plus": 0.92},
+              "yes_no": {"existence": {"acc": 0.95, "swap_acc": 0.52},
+                         "count": {"acc": 0.93, "swap_acc": 0.91}}}  # high even without the image
+    (tmp_path / "eval.json").write_text(json.dumps(result))
+    table = ability_table(tmp_path).set_index("metric", append=True)["met"].tolist()
+    assert table == [True, False, True, True, False]

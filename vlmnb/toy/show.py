@@ -118,3 +118,31 @@ def plot_training_curves(curves: pd.DataFrame | str | Path, title: str = ""):
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+# the targets the toy was trained towards (issue "the embedded default"), fixed before training
+TARGETS = {"object_f1": 0.95, "exact": 0.80, "lookup_acc": 0.95, "yes_no_acc": 0.90, "swap_chance_acc": 0.60}
+
+
+def ability_table(eval_json: str | Path) -> pd.DataFrame:
+    """What the checkpoint can and cannot do, against fixed targets, from its ``eval.json``.
+
+    One row per ability: the measured value, the target and whether it is met. A yes/no aspect
+    counts as *reading the image* only if its ACC meets the target and, with the image swapped
+    for another scene's, its ACC falls to at most ``swap_chance_acc`` (near chance)."""
+    path = Path(eval_json)
+    if path.is_dir():
+        path = path / "eval.json"
+    r = json.loads(path.read_text())
+    d, lk = r["description"], r["position_lookup"]
+    rows = [("describe the scene", "object F1 (all attributes)", d["object_f1"], TARGETS["object_f1"]),
+            ("describe the scene", "exact match", d["exact"], TARGETS["exact"]),
+            ("look up a grid cell", "ACC", lk["acc"], TARGETS["lookup_acc"])]
+    out = [{"ability": a, "metric": m, "value": round(v, 3), "target": f">= {t:.2f}", "met": v >= t}
+           for a, m, v, t in rows]
+    for aspect, v in r["yes_no"].items():
+        met = v["acc"] >= TARGETS["yes_no_acc"] and v["swap_acc"] <= TARGETS["swap_chance_acc"]
+        out.append({"ability": f"yes/no: {aspect}", "metric": "ACC (image swapped)",
+                    "value": f"{v['acc']:.3f} ({v['swap_acc']:.3f})",
+                    "target": f">= {TARGETS['yes_no_acc']:.2f} (<= {TARGETS['swap_chance_acc']:.2f})", "met": met})
+    return pd.DataFrame(out)
