@@ -324,3 +324,20 @@ def test_ability_table_applies_the_targets(tmp_path):
     (tmp_path / "eval.json").write_text(json.dumps(result))
     table = ability_table(tmp_path).set_index("metric", append=True)["met"].tolist()
     assert table == [True, False, True, True, False]
+
+
+def test_weights_revision_follows_the_weights(tmp_path):
+    import vlmnb
+    from vlmnb.models import weights_revision
+    from vlmnb.toy.train import save_pretrained
+
+    model = build_model(ToyArchitecture(**TINY), seed=0)
+    save_pretrained(model, build_processor(), tmp_path / "m")
+    first = weights_revision(str(tmp_path / "m"))
+    assert first == weights_revision(str(tmp_path / "m")) and first != "unknown"
+    with torch.no_grad():  # same names, shapes and file size: only the values differ
+        model.lm_head.weight[0, 0] += 1.0
+    save_pretrained(model, build_processor(), tmp_path / "m")
+    second = weights_revision(str(tmp_path / "m"))
+    assert second != first
+    assert vlmnb.load(str(tmp_path / "m")).revision == second

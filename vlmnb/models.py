@@ -498,10 +498,15 @@ class VLM:
         the image placeholder token in ``input_ids``.
     """
 
-    def __init__(self, model, processor=None, name: str = "model", family: str | None = None):
+    def __init__(self, model, processor=None, name: str = "model", family: str | None = None,
+                 revision: str | None = None):
         self.model = model.eval()
         self.processor = processor
         self.name = str(name)
+        #: which weights ``name`` stood for (hub commit or a digest of the local weight files):
+        #: chapters key their result stores by it, so new weights under an old name never reuse
+        #: old results
+        self.revision = revision
         self.family = family or _detect_family(model.config)
         self._decoder = _find_decoder(model)
         self.text_config = self._decoder.config
@@ -925,4 +930,32 @@ def load(name_or_path: str | os.PathLike, *, dtype=None, device_map=None, trust_
             raise ModelNotAvailable(f"{name!r} is only partly in the local cache and the hub is unreachable "
                                     f"({exc}); download it completely first") from None
         raise
-    return VLM(model, processor, name=name, family=family)
+    return VLM(model, processor, name=name, family=family, revision=weights_revision(source, config))
+
+
+def weights_revision(source: str, config=None) -> str:
+    """A short identifier of the weights behind ``source``: the hub commit when transformers
+    recorded one, else a digest of the folder's weight files (their bytes when small, their
+    names, sizes and first and last MiB when large)."""
+    import hashlib
+
+    commit = getattr(config, "_commit_hash", None) if config is not None else None
+    if commit:
+        return str(commit)[:12]
+    digest = hashlib.sha256()
+    folder = Path(source)
+    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) if folder.is_dir() else []
+    if not files:
+        return "unknown"
+    for f in files:
+        size = f.stat().st_size
+        digest.update(f"{f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            if size <= 256 * 2 ** 20:
+                for chunk in iter(lambda: fh.read(2 ** 20), b""):
+                    digest.update(chunk)
+            else:
+                digest.update(fh.read(2 ** 20))
+                fh.seek(size - 2 ** 20)
+                digest.update(fh.read(2 ** 20))
+    return digest.hexdigest()[:12]

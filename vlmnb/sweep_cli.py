@@ -163,7 +163,7 @@ def main(argv=None) -> int:
                      **device_kwargs(state.local_process_index, args.gpus_per_process, device_map))
     configs = build_configs(args, vlm.num_layers)
     samples = data.images(args.images, n=args.n_images)
-    params = {"model": args.model, "images": args.images, "n_images": args.n_images, "prompt": args.prompt,
+    params = {"model": args.model, "revision": vlm.revision, "images": args.images, "n_images": args.n_images, "prompt": args.prompt,
               "max_new_tokens": args.max_new_tokens, "configs": [c.name for c in configs],
               "rank": rank, "world_size": world}
     own_path = out / "shards" / f"w{world:03d}-r{rank:03d}"
