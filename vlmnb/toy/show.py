@@ -109,6 +109,13 @@ def plot_training_curves(curves: pd.DataFrame | str | Path, title: str = ""):
         if column in curves:
             right.plot(curves["step"], curves[column], label=CURVE_COLUMNS[column])
     right.axhline(np.log(2), color="black", ls=":", lw=1, label="chance (ln 2)")
+    if "stage" in curves:  # several training commands, one after the other
+        for stage, first in curves.groupby("stage")["step"].min().items():
+            if first > curves["step"].min():
+                for ax in (left, right):
+                    ax.axvline(first, color="grey", lw=0.8, ls="--")
+                left.annotate(f"stage {stage}", (first, 1), xycoords=("data", "axes fraction"),
+                              fontsize=7, ha="left", va="top", color="grey")
     right.set_ylim(0, max(1.0, float(np.log(2)) * 1.2))
     right.set_xlabel("training step")
     right.set_ylabel("loss of the yes/no token (nats)")
