@@ -235,7 +235,8 @@ def test_split_attention_equals_sdpa_on_the_materialized_keys(q_len, masked):
         mask[1, :, :, 2:5] = False
         mask[3, :, :, 0] = False
     module = NS(scaling=d ** -0.5, is_causal=True)
-    out, weights = batched.split_attention(module, query, keys, values, mask if masked else None, q_start)
+    out, weights = batched.split_attention(module, query, keys, values, mask if masked else None, q_start,
+                                           return_weights=True)
     k_full = keys.materialize().repeat_interleave(heads // kv_heads, dim=1)
     v_full = values.materialize().repeat_interleave(heads // kv_heads, dim=1)
     expected = torch.nn.functional.scaled_dot_product_attention(query, k_full, v_full, attn_mask=mask)

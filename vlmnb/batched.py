@@ -300,14 +300,15 @@ def shared_cache(prefix_cache, rows: int, capacity: int):
     return cache
 
 
-def split_attention(module, query, key: SplitKV, value: SplitKV, mask, q_start: int, **kwargs):
+def split_attention(module, query, key: SplitKV, value: SplitKV, mask, q_start: int, *,
+                    return_weights: bool = False, **kwargs):
     """Attention of ``query`` (rows, heads, L, d) over a :class:`SplitKV` prefix + suffix.
 
     Exactly softmax(q k^T * scale + mask) v, computed in two blocks: the prefix block as one
     matmul for all rows (the shared keys are read once), the suffix block per row. ``mask``
     (bool, True = attend, or additive float; batch 1 or rows) covers all P + S keys, or is None
     for causal attention. Returns (output (rows, L, heads, d), head-averaged float32 weights
-    (rows, L, P + S)).
+    (rows, L, P + S) when ``return_weights``, else None).
     """
     import torch
 
@@ -346,7 +347,7 @@ def split_attention(module, query, key: SplitKV, value: SplitKV, mask, q_start: 
     out = torch.bmm(p_pre, value.prefix[0]).reshape(kv_heads, rows, rep, L, d).permute(1, 0, 2, 3, 4)
     out = out.reshape(rows, heads, L, d)
     out = out + torch.matmul(p[..., P:].reshape(rows, kv_heads, rep * L, -1), value.suffix).reshape(rows, heads, L, d)
-    return out.transpose(1, 2).contiguous(), probs.mean(1)
+    return out.transpose(1, 2).contiguous(), (probs.mean(1) if return_weights else None)
 
 
 _GROWING_LAYER = None

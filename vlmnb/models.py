@@ -366,8 +366,10 @@ class Intervention:
 
             if mask is None and not getattr(module, "is_causal", True):
                 mask = query.new_ones((1, 1, q_len, kv_len), dtype=bool)
-            out, weights = split_attention(module, query, key, value, mask, q_start, **kwargs)
-            if recorder is not None and recorder.wants(layer):
+            recording = recorder is not None and recorder.wants(layer)
+            out, weights = split_attention(module, query, key, value, mask, q_start, return_weights=recording,
+                                           **kwargs)
+            if recording:
                 r_start, r_stop = recorder.rows_of(q_start, q_end + 1)
                 if r_start < r_stop:
                     weights = weights[:, r_start - q_start:r_stop - q_start]
