@@ -344,3 +344,110 @@ def test_weights_revision_follows_the_weights(tmp_path):
     second = weights_revision(str(tmp_path / "m"))
     assert second != first
     assert vlmnb.load(str(tmp_path / "m")).revision == second
+
+
+# --- stage recipes and question sampling --------------------------------------------------
+
+def test_binding_questions_are_true_of_the_scene():
+    from vlmnb.toy.train import binding_questions
+
+    for scene in make_scenes(30, split="train"):
+        by_cell = {o.cell: o for o in scene.objects}
+        questions = binding_questions(scene)
+        lookups = [q for q in questions if q[2] == "position_lookup"]
+        assert sorted(q[0] for q in lookups) == sorted(f"what is at the {c}?" for c in by_cell)
+        for text, answer, aspect in questions:
+            if aspect == "position_lookup":
+                o = by_cell[text[len("what is at the "):-1]]
+                assert answer == f"a {o.size} {o.color} {o.shape}."
+                continue
+            assert aspect == "color"
+            cell, color = text[len("is the object at the "):-1].rsplit(" ", 1)
+            assert answer == ("yes." if by_cell[cell].color == color else "no.")
+        # every object is asked with its own colour, and with another colour when there is one
+        assert sum(a == "yes." for _, a, _ in questions) == len(scene.objects)
+        assert sum(a == "no." for _, a, _ in questions) >= len(scene.objects)
+
+
+def test_sampling_options_shift_the_questions():
+    from vlmnb.toy.train import TrainConfig, binding_questions, sample_turns
+
+    def aspects(**kw):
+        cfg = TrainConfig(followups=6, description_first=0.0, **kw)
+        out = []
+        for i in range(60):
+            scene = make_scene(i, split="train")
+            out += sample_turns(scene, np.random.default_rng(i), cfg)
+        return out
+
+    plain = aspects(lookup_share=0.0)
+    assert {t[2] for t in plain} == {"existence", "color", "position", "count"}
+    no_existence = aspects(lookup_share=0.0, aspect_weights={"existence": 0.0, "count": 3.0})
+    assert "existence" not in {t[2] for t in no_existence}
+    counts = [t[2] for t in no_existence]
+    assert counts.count("count") > 2 * counts.count("position")
+    for i in range(20):
+        scene = make_scene(i, split="train")
+        turns = sample_turns(scene, np.random.default_rng(i), TrainConfig(followups=5, description_first=0.0,
+                                                                          binding_share=1.0))
+        assert set(turns) <= set(binding_questions(scene))
+
+
+def test_aspect_weight_flag_gives_one_line_errors():
+    import argparse
+
+    from vlmnb.toy.train import _aspect_weights, main
+
+    assert _aspect_weights("existence=2, color=0.5") == {"existence": 2.0, "color": 0.5}
+    for bad, words in [("size=2", "one of existence"), ("existence=x", "not a number"),
+                       ("existence=-1", ">= 0"), ("existence=0,color=0,position=0,count=0", "all zero")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=words):
+            _aspect_weights(bad)
+    with pytest.raises(SystemExit):
+        main(["--out", "unused", "--aspect-weights", "size=2"])
+
+
+def test_recipe_chains_stages_and_resumes(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from vlmnb.toy.train import train_recipe
+
+    stages = [{"name": "a", "steps": 2, "vision_steps": 2, "vision_batch_size": 4},
+              {"name": "b", "steps": 3, "lr": 1e-3, "binding_share": 0.5}]
+    kw = dict(progress=False, arch=dict(TINY), batch_size=4, warmup_steps=1, checkpoint_every=2)
+    final = train_recipe(tmp_path, stages, **kw)
+    assert final == tmp_path / "b" / "model"
+    config_b = json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())["config"]
+    assert config_b["init_from"] == str(tmp_path / "a" / "model") and config_b["binding_share"] == 0.5
+    weights_a = load_file(str(tmp_path / "a" / "model" / "model.safetensors"))
+    weights_b = load_file(str(tmp_path / "b" / "model" / "model.safetensors"))
+    assert weights_a.keys() == weights_b.keys()
+    assert not all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a), "stage b trained nothing"
+    # a second call skips the finished stages; a lost stage is redone bit for bit
+    log_b = (tmp_path / "b" / "log.jsonl").read_text()
+    train_recipe(tmp_path, stages, **kw)
+    assert (tmp_path / "b" / "log.jsonl").read_text() == log_b
+    import shutil
+    shutil.rmtree(tmp_path / "b")
+    train_recipe(tmp_path, stages, **kw)
+    again = load_file(str(tmp_path / "b" / "model" / "model.safetensors"))
+    assert all(torch.equal(weights_b[k], again[k]) for k in weights_b)
+    # the final model's curves hold both stages, steps counting on
+    import pandas as pd
+    curves = pd.read_csv(final / "training_curves.csv")
+    assert curves["stage"].tolist() == [1, 2] and curves["step"].tolist() == [2, 5]
+    with pytest.raises(ValueError, match="unknown recipe"):
+        train_recipe(tmp_path, "nonsense")
+
+
+def test_evaluation_reads_the_scene_range_it_is_given(shipped):
+    from vlmnb.toy import checkpoint_path
+    from vlmnb.toy.evaluate import evaluate
+
+    result = evaluate(checkpoint_path(), n=3, start=5000, progress=False)
+    assert result["start"] == 5000
+    assert [s["index"] for s in result["samples"]] == [5000, 5001, 5002]
+    assert [s["truth"] for s in result["samples"]] == [s.description for s in make_scenes(3, "test", start=5000)]
+    assert result["position_lookup"]["n_questions"] == 6

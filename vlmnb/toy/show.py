@@ -87,6 +87,25 @@ def training_curves(log_jsonl: str | Path, window: int = 50) -> pd.DataFrame:
     return out.reset_index(drop=True).round(5)
 
 
+def stage_curves(logs: list[str | Path], window: int = 50, before: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The curves of training stages run one after the other (each fine-tuning the last), as one
+    frame: column ``stage`` numbers the stages from 1 and ``step`` counts on across them.
+
+    ``before``: curves of earlier stages (a frame with ``stage`` and ``step``) that ``logs`` continue.
+    """
+    frames = [] if before is None else [before]
+    stage = 0 if before is None else int(before["stage"].max())
+    offset = 0 if before is None else int(before["step"].max())
+    for log in logs:
+        stage += 1
+        curves = training_curves(log, window=window)
+        curves.insert(0, "stage", stage)
+        curves["step"] += offset
+        offset = int(curves["step"].max())
+        frames.append(curves)
+    return pd.concat(frames, ignore_index=True)
+
+
 def plot_training_curves(curves: pd.DataFrame | str | Path, title: str = ""):
     """Two panels: answer-token loss of descriptions and look-ups; first-token loss of the
     yes/no aspects against chance (ln 2). ``curves``: a :func:`training_curves` frame or its CSV

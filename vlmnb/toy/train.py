@@ -1,4 +1,5 @@
-"""Train the toy LLaVA on generated scenes: ``python -m vlmnb.toy.train --out DIR --steps N [--resume]``.
+"""Train the toy LLaVA on generated scenes: ``python -m vlmnb.toy.train --out DIR --recipe shipped``
+(every stage of the shipped model) or one stage: ``python -m vlmnb.toy.train --out DIR --steps N [--resume]``.
 
 Every training sequence is one image followed by several chat turns, written exactly as the
 processor's chat template writes them: a first turn (usually "describe the image", sometimes a
@@ -48,6 +49,12 @@ class TrainConfig:
     description_first: float = 0.75   # share of sequences whose first turn is "describe the image"
     followups: int = 2                # packed question turns after the first turn
     lookup_share: float = 0.4         # share of follow-ups that are position look-ups (rest yes/no)
+    # relative sampling weights of the yes/no aspects (e.g. {"existence": 2, "count": 0.5});
+    # None: every yes/no question of the scene equally likely (the recipe of the first stages)
+    aspect_weights: dict[str, float] | None = None
+    # share of follow-ups drawn from `binding_questions` (questions that need a cell bound to the
+    # object in it: look-ups of occupied cells, colour questions); 0 keeps the earlier recipes
+    binding_share: float = 0.0
     checkpoint_every: int = 100
     vision_lr_scale: float = 0.1      # learning-rate factor for the vision tower and the projector
     arch: dict | None = None
@@ -135,6 +142,26 @@ class SequenceBuilder:
         return [first_image + int(k) for k in np.flatnonzero(union.reshape(-1) >= 8)]
 
 
+def binding_questions(scene) -> list[tuple[str, str, str]]:
+    """Training-only questions that can be answered only by binding a cell to the object in it:
+    the look-up of every occupied cell, and for every object a colour question with its own colour
+    and one with each other colour present in the scene (or any other colour in a one-colour scene).
+
+    The scene's own question pairs ask about one random object each; the shipped model's errors
+    were almost all an object of another cell of the same row, so these put every object of a
+    crowded row in the training signal.
+    """
+    out = []
+    colors = {o.color for o in scene.objects}
+    for o in scene.objects:
+        out.append((f"what is at the {o.cell}?", f"a {o.size} {o.color} {o.shape}.", "position_lookup"))
+        out.append((f"is the object at the {o.cell} {o.color}?", "yes.", "color"))
+        others = sorted(c for c in colors if c != o.color) or [c for c in COLORS if c != o.color]
+        for c in others:
+            out.append((f"is the object at the {o.cell} {c}?", "no.", "color"))
+    return out
+
+
 def sample_turns(scene, rng: np.random.Generator, cfg: TrainConfig) -> list[tuple[str, str, str]]:
     """The chat turns of one training sequence."""
     lookups = [q for q in scene.questions if q.aspect == "position_lookup"]
@@ -142,9 +169,25 @@ def sample_turns(scene, rng: np.random.Generator, cfg: TrainConfig) -> list[tupl
     turns = []
     if rng.random() < cfg.description_first:
         turns.append((DEFAULT_PROMPT, scene.description, "description"))
+    weights = None
+    if cfg.aspect_weights:
+        weights = np.array([cfg.aspect_weights.get(q.aspect, 1.0) for q in yesno], dtype=float)
+        weights /= weights.sum()
+    binding = binding_questions(scene) if cfg.binding_share > 0 else []
+    if binding:  # as many "yes." as "no." colour answers, look-ups as often as both
+        kinds = [(t[2], t[1] if t[2] == "color" else "") for t in binding]
+        binding_p = np.array([1.0 / kinds.count(k) for k in kinds])
+        binding_p /= binding_p.sum()
     for _ in range(cfg.followups + (0 if turns else 1)):
-        pool = lookups if rng.random() < cfg.lookup_share else yesno
-        q = pool[rng.integers(len(pool))]
+        if binding and rng.random() < cfg.binding_share:
+            turns.append(binding[rng.choice(len(binding), p=binding_p)])
+            continue
+        if rng.random() < cfg.lookup_share:
+            q = lookups[rng.integers(len(lookups))]
+        elif weights is None:
+            q = yesno[rng.integers(len(yesno))]
+        else:
+            q = yesno[rng.choice(len(yesno), p=weights)]
         turns.append((q.text, q.answer, q.aspect))
     return turns
 
@@ -226,7 +269,7 @@ def patch_labels(scene, min_pixels: int = 12) -> np.ndarray:
 VISION_HEADS = (len(SHAPES) + 1, len(COLORS) + 1, len(SIZES) + 1, GRID * GRID)
 
 
-def pretrain_vision(model, cfg: TrainConfig, progress: bool = True, log=None) -> float:
+def pretrain_vision(model, cfg: TrainConfig, progress: bool = True, log=None, device: str = "cpu") -> float:
     """Stage 0: train the vision tower alone to label every patch (shape, colour, size of the object
     covering it, and the patch's grid cell) through a throw-away linear head; returns the last
     step's loss.
@@ -236,7 +279,7 @@ def pretrain_vision(model, cfg: TrainConfig, progress: bool = True, log=None) ->
     """
     tower = model.model.vision_tower
     torch.manual_seed(cfg.seed)
-    head = torch.nn.Linear(tower.config.hidden_size, sum(VISION_HEADS))
+    head = torch.nn.Linear(tower.config.hidden_size, sum(VISION_HEADS)).to(device)
     params = list(tower.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.vision_lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay,
                                   foreach=False)
@@ -251,8 +294,8 @@ def pretrain_vision(model, cfg: TrainConfig, progress: bool = True, log=None) ->
         # scene indices far above anything the chat stage uses (it draws step * batch + b)
         scenes = [make_scene(10_000_000 + step * cfg.vision_batch_size + b, split="train", seed=cfg.seed)
                   for b in range(cfg.vision_batch_size)]
-        target = torch.from_numpy(np.stack([patch_labels(s) for s in scenes]))
-        feats = tower(pixel_values([s.image for s in scenes])).last_hidden_state[:, 1:]
+        target = torch.from_numpy(np.stack([patch_labels(s) for s in scenes])).to(device)
+        feats = tower(pixel_values([s.image for s in scenes]).to(device)).last_hidden_state[:, 1:]
         logits = head(feats).split(VISION_HEADS, dim=-1)
         loss = sum(torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]), target[..., i].reshape(-1))
                    for i, lg in enumerate(logits)) / len(VISION_HEADS)
@@ -272,7 +315,7 @@ def _save_checkpoint(out: Path, step: int, model, optimizer, cfg: TrainConfig, l
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
     names = {id(p): n for n, p in model.named_parameters()}
     opt_tensors, opt_steps = {}, {}
     for group in optimizer.param_groups:
@@ -281,8 +324,8 @@ def _save_checkpoint(out: Path, step: int, model, optimizer, cfg: TrainConfig, l
             if not st:
                 continue
             n = names[id(p)]
-            opt_tensors[f"{n}.exp_avg"] = st["exp_avg"].contiguous()
-            opt_tensors[f"{n}.exp_avg_sq"] = st["exp_avg_sq"].contiguous()
+            opt_tensors[f"{n}.exp_avg"] = st["exp_avg"].cpu().contiguous()
+            opt_tensors[f"{n}.exp_avg_sq"] = st["exp_avg_sq"].cpu().contiguous()
             opt_steps[n] = float(st["step"])
     opt_tensors["__torch_rng_state__"] = torch.get_rng_state()
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
@@ -300,23 +343,28 @@ def _save_checkpoint(out: Path, step: int, model, optimizer, cfg: TrainConfig, l
         tmp.rename(final)
 
 
-def _load_checkpoint(out: Path, model, optimizer) -> int:
+def _load_checkpoint(out: Path, model, optimizer, device: str = "cpu") -> int:
     ckpt = out / "checkpoint"
     state = json.loads((ckpt / "state.json").read_text())
     model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
     tensors = load_file(str(ckpt / "optimizer.safetensors"))
+    rng_state = tensors.pop("__torch_rng_state__")
+    tensors = {k: v.to(device) for k, v in tensors.items()}
     for n, p in model.named_parameters():
         if f"{n}.exp_avg" in tensors:
             optimizer.state[p] = {"step": torch.tensor(state["adam_steps"][n]),
                                   "exp_avg": tensors[f"{n}.exp_avg"], "exp_avg_sq": tensors[f"{n}.exp_avg_sq"]}
-    torch.set_rng_state(tensors["__torch_rng_state__"])
+    torch.set_rng_state(rng_state)
     return int(state["step"])
 
 
 def train(out: str | Path, cfg: TrainConfig = TrainConfig(), resume: bool = False,
-          progress: bool = True, save_every_model: bool = True):
+          progress: bool = True, save_every_model: bool = True, device: str = "cpu"):
     """Train (or resume) a toy model into ``out``; returns the model. ``out/model`` holds the
-    latest model + processor as a ``save_pretrained`` folder, ``out/log.jsonl`` one line per step."""
+    latest model + processor as a ``save_pretrained`` folder, ``out/log.jsonl`` one line per step.
+
+    ``device`` other than the CPU (e.g. ``"cuda"``) trains faster but is not bit-identical to a
+    CPU run; the shipped checkpoint was trained on the CPU."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
@@ -330,6 +378,7 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), resume: bool = Fals
         model.load_state_dict(LlavaForConditionalGeneration.from_pretrained(cfg.init_from).state_dict())
     if cfg.sink_layers:
         model.set_attn_implementation({"text_config": "eager", "vision_config": "sdpa"})
+    model.to(device)
     model.train()
     groups = {}
     for n, p in model.named_parameters():
@@ -342,7 +391,7 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), resume: bool = Fals
         lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8, foreach=False)
     start = 0
     if resume and (out / "checkpoint" / "state.json").exists():
-        start = _load_checkpoint(out, model, optimizer)
+        start = _load_checkpoint(out, model, optimizer, device)
         if (out / "log.jsonl").exists():  # drop log lines of steps after the checkpoint (they are redone)
             kept = [line for line in (out / "log.jsonl").read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] <= start]
@@ -351,7 +400,7 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), resume: bool = Fals
         (out / "log.jsonl").unlink()
     if start == 0 and not cfg.init_from and cfg.vision_steps > 0:
         with open(out / "vision_log.jsonl", "w") as vlog:
-            pretrain_vision(model, cfg, progress=progress, log=vlog)
+            pretrain_vision(model, cfg, progress=progress, log=vlog, device=device)
         model.train()
     builder = SequenceBuilder(processor)
     log = open(out / "log.jsonl", "a")
@@ -363,6 +412,8 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), resume: bool = Fals
         for g in optimizer.param_groups:
             g["lr"] = lr * g["lr_scale"]
         batch = make_batch(step, cfg, builder)
+        if device != "cpu":
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         if cfg.sink_layers:
             losses, labels, tasks, attentions = token_losses(model, batch, output_attentions=True)
         else:
@@ -420,6 +471,83 @@ def save_pretrained(model, processor, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+# The recipe of the shipped `toy` checkpoint: each stage fine-tunes the model of the stage before
+# (the first one starts with the vision pre-training, stage 0). Values not named are TrainConfig's
+# defaults. The model card (vlmnb/toy/checkpoint/README.md) gives each stage's reason and numbers.
+RECIPES: dict[str, list[dict]] = {
+    "shipped": [
+        {"name": "base", "steps": 3000, "followups": 3, "lookup_share": 0.6, "description_first": 0.6},
+        {"name": "ft1", "steps": 900, "lr": 7e-4, "warmup_steps": 30, "description_first": 0.4, "followups": 4,
+         "lookup_share": 0.5},
+        {"name": "ft2", "steps": 700, "lr": 3e-4, "warmup_steps": 20, "description_first": 0.3, "followups": 4,
+         "lookup_share": 0.6},
+        {"name": "ft3", "steps": 1200, "lr": 1e-3, "warmup_steps": 50, "description_first": 0.3, "followups": 6,
+         "lookup_share": 0.5, "binding_share": 0.5,
+         "aspect_weights": {"existence": 2.0, "color": 2.0, "position": 0.5, "count": 0.5}},
+    ],
+}
+
+
+def train_recipe(out: str | Path, stages: list[dict] | str = "shipped", progress: bool = True,
+                 device: str = "cpu", **overrides) -> Path:
+    """Run every stage of a recipe in turn, each in ``out/<stage name>`` and each fine-tuning the
+    model the stage before it saved; returns the last stage's ``model/`` folder.
+
+    Resumable like :func:`train`: a stage whose checkpoint reached its last step is skipped, an
+    unfinished one continues from its checkpoint. ``overrides`` (e.g. ``threads=2``) apply to every
+    stage; ``stages`` is a name in :data:`RECIPES` or a list of stage dicts (``name`` + TrainConfig
+    fields).
+    """
+    if isinstance(stages, str):
+        if stages not in RECIPES:
+            raise ValueError(f"unknown recipe {stages!r}; available: {sorted(RECIPES)}")
+        stages = RECIPES[stages]
+    names = [st["name"] for st in stages]
+    if not stages or len(set(names)) != len(names):
+        raise ValueError(f"a recipe needs at least one stage and distinct stage names, got {names}")
+    out = Path(out)
+    previous: Path | None = None
+    for i, stage in enumerate(stages):
+        fields = {k: v for k, v in stage.items() if k != "name"}
+        cfg = TrainConfig(**{**fields, **overrides})
+        if previous is not None:
+            cfg.init_from = str(previous)
+        folder = out / stage["name"]
+        state = folder / "checkpoint" / "state.json"
+        done = state.exists() and json.loads(state.read_text())["step"] >= cfg.steps and (folder / "model").exists()
+        if progress:
+            print(f"[recipe] stage {i + 1}/{len(stages)} {stage['name']}: "
+                  + ("done already, skipped" if done else f"{cfg.steps} steps into {folder}"), flush=True)
+        if not done:
+            train(folder, cfg, resume=state.exists(), progress=progress, device=device)
+        previous = folder / "model"
+    # the last model carries the curves of every stage, one after the other
+    from vlmnb.toy.show import stage_curves
+
+    stage_curves([out / st["name"] / "log.jsonl" for st in stages]).to_csv(previous / "training_curves.csv",
+                                                                         index=False)
+    return previous
+
+
+def _aspect_weights(text: str) -> dict[str, float]:
+    """Parse ``existence=2,color=2`` into ``{"existence": 2.0, "color": 2.0}`` (yes/no aspects only)."""
+    weights = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        if name not in ASPECTS[1:] or not value:
+            raise argparse.ArgumentTypeError(
+                f"bad aspect weight {part!r}: expected NAME=WEIGHT with NAME one of {', '.join(ASPECTS[1:])}")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad aspect weight {part!r}: {value!r} is not a number") from None
+        if weights[name] < 0:
+            raise argparse.ArgumentTypeError(f"bad aspect weight {part!r}: weights must be >= 0")
+    if weights and not any(weights.get(a, 1.0) > 0 for a in ASPECTS[1:]):
+        raise argparse.ArgumentTypeError("aspect weights are all zero")
+    return weights
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Train the toy LLaVA on generated shape scenes.")
     parser.add_argument("--out", required=True, help="run folder (checkpoints, log.jsonl, model/)")
@@ -442,14 +570,29 @@ def main(argv=None) -> None:
     parser.add_argument("--sink-weight", type=float, default=1.0)
     parser.add_argument("--vision-steps", type=int, default=TrainConfig.vision_steps,
                         help="steps of the per-patch vision pre-training before the chat stage (0: none)")
+    parser.add_argument("--binding-share", type=float, default=TrainConfig.binding_share,
+                        help="share of follow-ups that ask about every object's cell (look-ups, colour)")
+    parser.add_argument("--aspect-weights", default=None, type=_aspect_weights,
+                        help="relative sampling weights of the yes/no aspects, e.g. existence=2,color=2,count=0.5 "
+                             "(unnamed aspects weigh 1; default: all yes/no questions equally likely)")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device to train on (default cpu; a GPU run is faster but not bit-identical)")
     parser.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint if present")
+    parser.add_argument("--recipe", default=None, choices=sorted(RECIPES),
+                        help="run every stage of a named recipe into DIR/<stage> (resumable; the other "
+                             "hyper-parameter flags are then ignored but --threads and --device)")
     args = parser.parse_args(argv)
+    if args.recipe:
+        final = train_recipe(args.out, args.recipe, device=args.device, threads=args.threads)
+        print(f"[recipe] done: {final} (copy it to vlmnb/toy/checkpoint to ship it)")
+        return
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
                       seed=args.seed, threads=args.threads, followups=args.followups,
                       description_first=args.description_first, checkpoint_every=args.checkpoint_every,
                       arch={"text_layers": args.text_layers}, lookup_share=args.lookup_share, vision_lr_scale=args.vision_lr_scale,
                       init_from=args.init_from, sink_layers=args.sink_layers, sink_head=args.sink_head,
-                      sink_weight=args.sink_weight, vision_steps=args.vision_steps)
+                      sink_weight=args.sink_weight, vision_steps=args.vision_steps,
+                      aspect_weights=args.aspect_weights, binding_share=args.binding_share)
     if args.init_from:
         import transformers
         base = transformers.AutoConfig.from_pretrained(args.init_from).text_config
@@ -459,7 +602,7 @@ def main(argv=None) -> None:
         saved["steps"] = args.steps  # the only thing a resume may change is where to stop
         saved["sink_aspects"] = tuple(saved.get("sink_aspects", TrainConfig.sink_aspects))
         cfg = TrainConfig(**saved)
-    train(args.out, cfg, resume=args.resume)
+    train(args.out, cfg, resume=args.resume, device=args.device)
 
 
 if __name__ == "__main__":
