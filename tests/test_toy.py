@@ -451,3 +451,30 @@ def test_evaluation_reads_the_scene_range_it_is_given(shipped):
     assert [s["index"] for s in result["samples"]] == [5000, 5001, 5002]
     assert [s["truth"] for s in result["samples"]] == [s.description for s in make_scenes(3, "test", start=5000)]
     assert result["position_lookup"]["n_questions"] == 6
+
+
+def test_crowded_rows_can_be_asked_more_often():
+    from vlmnb.toy.train import (SequenceBuilder, TrainConfig, _asked_cell, crowded_scene, has_crowded_row,
+                                 make_batch, sample_turns)
+
+    scenes = [crowded_scene(i) for i in range(40)]
+    assert all(has_crowded_row(s) for s in scenes)
+    assert crowded_scene(7).description == crowded_scene(7).description
+    assert np.mean([has_crowded_row(make_scene(i, split="train")) for i in range(200)]) < 0.7
+
+    def crowded_questions(weight):
+        hits = total = 0
+        for i, scene in enumerate(scenes):
+            cfg = TrainConfig(binding_share=1.0, followups=5, description_first=0.0, rowmate_weight=weight)
+            for text, _, _ in sample_turns(scene, np.random.default_rng(i), cfg):
+                row = sc.CELLS.index(_asked_cell(text)) // sc.GRID
+                hits += sum(sc.CELLS.index(o.cell) // sc.GRID == row for o in scene.objects) > 1
+                total += 1
+        return hits / total
+
+    assert crowded_questions(8.0) > crowded_questions(1.0) + 0.15
+    # every scene of a batch is crowded when the share is 1 (the image shows it: same pixels)
+    cfg = TrainConfig(batch_size=4, crowded_share=1.0, followups=1)
+    batch = make_batch(2, cfg, SequenceBuilder(build_processor()))
+    from vlmnb.toy.model import pixel_values
+    assert torch.equal(batch["pixel_values"], pixel_values([crowded_scene(2 * 4 + b).image for b in range(4)]))
