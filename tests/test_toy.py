@@ -450,7 +450,26 @@ def test_evaluation_reads_the_scene_range_it_is_given(shipped):
     assert result["start"] == 5000
     assert [s["index"] for s in result["samples"]] == [5000, 5001, 5002]
     assert [s["truth"] for s in result["samples"]] == [s.description for s in make_scenes(3, "test", start=5000)]
-    assert result["position_lookup"]["n_questions"] == 6
+    lookup = result["position_lookup"]
+    assert lookup["n_questions"] == 6
+    assert lookup["n_empty_cell"] + lookup["n_alone_in_row"] + lookup["n_shares_row"] == 6
+    assert lookup["n_empty_cell"] == 3  # each scene's look-up pair asks one empty cell
+
+
+def test_row_company_of_a_lookup():
+    from vlmnb.toy.evaluate import row_company
+
+    scene = next(s for s in make_scenes(200, "test") if len({sc.CELLS.index(o.cell) // 3 for o in s.objects}) == 1
+                 and len(s.objects) == 2)
+    cells = [o.cell for o in scene.objects]
+    row = sc.CELLS.index(cells[0]) // 3
+    third = next(c for c in sc.CELLS[3 * row:3 * row + 3] if c not in cells)
+    assert row_company(scene, f"what is at the {cells[0]}?") == "shares_row"
+    assert row_company(scene, f"what is at the {third}?") == "empty_cell"
+    lone = next(s for s in make_scenes(50, "test") if len(s.objects) == 1)
+    assert row_company(lone, f"what is at the {lone.objects[0].cell}?") == "alone_in_row"
+    with pytest.raises(ValueError, match="not a position look-up"):
+        row_company(scene, "is there a red circle?")
 
 
 def test_crowded_rows_can_be_asked_more_often():

@@ -65,6 +65,24 @@ def generate_answers(model, processor, images, questions, max_new_tokens: int = 
     return [a.strip() for a in answers]
 
 
+ROW_COMPANY = ("empty_cell", "alone_in_row", "shares_row")
+
+
+def row_company(scene, lookup: str) -> str:
+    """For a look-up "what is at the <cell>?": ``"empty_cell"`` when no object is there, else
+    ``"alone_in_row"`` or ``"shares_row"`` (another object in the same grid row)."""
+    from vlmnb.toy.scenes import CELLS, GRID
+
+    cell = lookup.strip().removeprefix("what is at the ").rstrip("?").strip()
+    if cell not in CELLS:
+        raise ValueError(f"not a position look-up: {lookup!r}")
+    if not any(o.cell == cell for o in scene.objects):
+        return "empty_cell"
+    row = CELLS.index(cell) // GRID
+    mates = sum(CELLS.index(o.cell) // GRID == row for o in scene.objects) - 1
+    return "shares_row" if mates else "alone_in_row"
+
+
 def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
@@ -91,9 +109,14 @@ def evaluate(checkpoint: str | Path, n: int = 500, seed: int = 0, batch_size: in
     lookup_pred = generate_answers(model, processor, [s.image for s, _ in lookups],
                                    [q.text for _, q in lookups], 8, batch_size, progress, "look-ups")
     lk = pd.DataFrame({"pair_id": [q.pair_id for _, q in lookups],
+                       "row": [row_company(s, q.text) for s, q in lookups],
                        "correct": [_norm(p) == _norm(q.answer) for p, (_, q) in zip(lookup_pred, lookups)]})
     lookup = {"n_questions": len(lk), "acc": float(lk["correct"].mean()),
               "acc_plus": float(lk.groupby("pair_id")["correct"].all().mean())}
+    for company in ROW_COMPANY:  # where look-ups fail: objects alone in their row or not
+        sel = lk[lk["row"] == company]
+        lookup[f"acc_{company}"] = float(sel["correct"].mean()) if len(sel) else None
+        lookup[f"n_{company}"] = int(len(sel))
 
     yesno = [(s, q) for s in scenes for q in s.questions if q.aspect in YES_NO_ASPECTS]
     questions = [q.text for _, q in yesno]
@@ -136,6 +159,8 @@ def format_table(result: dict) -> str:
              f"| description | F1 on colour + cell / shape + cell / size + cell / cell | "
              f"{d['color_cell_f1']:.3f} / {d['shape_cell_f1']:.3f} / {d['size_cell_f1']:.3f} / {d['cell_f1']:.3f} |",
              f"| position look-up | ACC / ACC+ | {lk['acc']:.3f} / {lk['acc_plus']:.3f} |",
+             *[f"| position look-up | ACC, {c.replace('_', ' ')} (n={lk[f'n_{c}']}) | {lk[f'acc_{c}']:.3f} |"
+               for c in ROW_COMPANY if lk.get(f"acc_{c}") is not None],
              "", "| yes/no aspect | ACC | ACC+ | swapped-image ACC | swapped-image ACC+ |",
              "|---|---|---|---|---|"]
     for a, v in result["yes_no"].items():

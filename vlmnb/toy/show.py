@@ -55,7 +55,11 @@ def quality_table(eval_json: str | Path) -> pd.DataFrame:
             *[("description", f"F1 on {label.replace('_', ' + ')} only", d[f"{label}_f1"], None)
               for label in ("color_cell", "shape_cell", "size_cell", "cell") if f"{label}_f1" in d],
             ("position look-up", "ACC", lk["acc"], None),
-            ("position look-up", "ACC+", lk["acc_plus"], None)]
+            ("position look-up", "ACC+", lk["acc_plus"], None),
+            *[("position look-up", f"ACC, {label}", lk[f"acc_{key}"], None)
+              for key, label in (("empty_cell", "empty cell"), ("alone_in_row", "object alone in its row"),
+                                 ("shares_row", "object sharing its row"))
+              if lk.get(f"acc_{key}") is not None]]
     for aspect, v in r["yes_no"].items():
         rows.append((f"yes/no: {aspect}", "ACC", v["acc"], v["swap_acc"]))
         rows.append((f"yes/no: {aspect}", "ACC+", v["acc_plus"], v["swap_acc_plus"]))
