@@ -521,7 +521,7 @@ RECIPES: dict[str, list[dict]] = {
         {"name": "ft2", "steps": 700, "lr": 3e-4, "warmup_steps": 20, "description_first": 0.3, "followups": 4,
          "lookup_share": 0.6},
         {"name": "ft3", "steps": 1200, "lr": 1e-3, "warmup_steps": 50, "description_first": 0.3, "followups": 6,
-         "lookup_share": 0.5, "binding_share": 0.5,
+         "lookup_share": 0.5, "binding_share": 0.5, "crowded_share": 0.5, "rowmate_weight": 4.0,
          "aspect_weights": {"existence": 2.0, "color": 2.0, "position": 0.5, "count": 0.5}},
     ],
 }
