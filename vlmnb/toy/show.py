@@ -137,8 +137,9 @@ def plot_training_curves(curves: pd.DataFrame | str | Path, title: str = ""):
             if first > curves["step"].min():
                 for ax in (left, right):
                     ax.axvline(first, color="grey", lw=0.8, ls="--")
-                left.annotate(f"stage {stage}", (first, 1), xycoords=("data", "axes fraction"),
-                              fontsize=7, ha="left", va="top", color="grey")
+                # vertical labels: fine-tunes can start a few hundred steps apart
+                left.annotate(f"stage {stage}", (first, 0.99), xycoords=("data", "axes fraction"),
+                              fontsize=7, ha="right", va="top", rotation=90, color="grey")
     right.set_ylim(0, max(1.0, float(np.log(2)) * 1.2))
     right.set_xlabel("training step")
     right.set_ylabel("loss of the yes/no token (nats)")
