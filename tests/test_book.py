@@ -30,7 +30,9 @@ def mini_book(tmp_path: Path) -> Path:
         "format: jb-book\nroot: book/intro\nchapters:\n"
         "  - file: book/chapters/a_first\n  - file: book/chapters/b_second\n")
     _notebook(tmp_path / "notebooks" / "a_first.ipynb", "n_images = 3\nscale = 1.5\nmodel = 'toy'",
-              "print('total', n_images * scale)")
+              "print('total', n_images * scale)\n"
+              "from tqdm import tqdm\n"
+              "for _ in tqdm(range(50), desc='working', mininterval=0, ascii=True): pass")
     _notebook(tmp_path / "notebooks" / "b_second.ipynb", "n_images = 2", "assert n_images < 10, 'too many'")
     (tmp_path / "notebooks" / "profiles.yml").write_text("ci:\n  all:\n    n_images: 1\n")
     return tmp_path
@@ -65,6 +67,9 @@ def test_runs_then_skips_unchanged_and_reruns_on_new_parameters(mini_book):
     out = nbformat.read(mini_book / "book" / "chapters" / "a_first.ipynb", as_version=4)
     printed = "".join(o.get("text", "") for c in out.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "total 1.5" in printed  # the ci profile's n_images=1 reached the notebook
+    # the progress bar is kept as its final state only, not its 50 updates
+    bars = [line for line in printed.splitlines() if line.startswith("working")]
+    assert len(bars) == 1 and "50/50" in bars[0] and "\r" not in printed, printed[-300:]
     injected = [c for c in out.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert injected and "hide-input" in injected[0].metadata["tags"]
 
@@ -73,6 +78,17 @@ def test_runs_then_skips_unchanged_and_reruns_on_new_parameters(mini_book):
 
     changed = _cli(mini_book, "a_first", "--no-build", "-p", "n_images", "4")
     assert "a_first: executing" in changed.stdout and "skipped" not in changed.stdout
+
+
+def test_settled_streams_show_what_a_terminal_shows():
+    assert book.settle_stream("a\rb\rc\nnext\r\n") == "c\nnext\n"
+    assert book.settle_stream("plain\ntext") == "plain\ntext"
+    outs = [{"output_type": "stream", "name": "stderr", "text": "bar 1%\r"},
+            {"output_type": "stream", "name": "stderr", "text": "bar 100%\n"},
+            {"output_type": "stream", "name": "stdout", "text": "done\n"},
+            {"output_type": "display_data", "data": {}, "metadata": {}}]
+    settled = book.settle_outputs(outs)
+    assert [o.get("text") for o in settled] == ["bar 100%\n", "done\n", None]
 
 
 def test_unknown_notebook_is_one_clear_line(mini_book):

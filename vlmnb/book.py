@@ -186,8 +186,35 @@ def _input_digest(root: Path, chapter: Chapter) -> str:
     return h.hexdigest()
 
 
-def _hide_injected_parameters(path: Path) -> None:
-    """Keep papermill's injected-parameters cell, but collapsed: the run's settings stay visible."""
+def settle_stream(text: str) -> str:
+    """What a terminal shows for ``text``: within each line only the part after the last carriage
+    return survives, so a progress bar's hundreds of updates become its final state."""
+    lines = []
+    for line in text.split("\n"):
+        parts = [p for p in line.split("\r") if p]
+        lines.append(parts[-1] if parts else "")
+    return "\n".join(lines)
+
+
+def settle_outputs(outputs: list) -> list:
+    """Merge consecutive stream outputs of one stream (as a notebook front-end shows them) and
+    settle carriage returns (:func:`settle_stream`); other outputs are kept as they are."""
+    settled: list = []
+    for out in outputs:
+        if out.get("output_type") == "stream" and settled and settled[-1].get("output_type") == "stream" \
+                and settled[-1].get("name") == out.get("name"):
+            settled[-1]["text"] += out["text"]
+        else:
+            settled.append(out)
+    for out in settled:
+        if out.get("output_type") == "stream":
+            out["text"] = settle_stream(out["text"])
+    return settled
+
+
+def _tidy(path: Path) -> None:
+    """Keep papermill's injected-parameters cell, but collapsed (the run's settings stay visible),
+    and keep each progress bar's final state only (the book would show every update)."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
@@ -195,6 +222,8 @@ def _hide_injected_parameters(path: Path) -> None:
         tags = cell.metadata.setdefault("tags", [])
         if "injected-parameters" in tags and "hide-input" not in tags:
             tags.append("hide-input")
+        if cell.cell_type == "code":
+            cell.outputs = settle_outputs(cell.get("outputs", []))
     nbformat.write(nb, path)
 
 
@@ -236,7 +265,7 @@ def execute(chapter: Chapter, root: Path, *, kernel: str = "python3", force: boo
         raise BookError(f"{chapter.source.relative_to(root)} could not be executed: "
                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
     os.replace(partial, chapter.target)
-    _hide_injected_parameters(chapter.target)
+    _tidy(chapter.target)
     state[chapter.name] = digest
     state_path.write_text(json.dumps(state, indent=1, sort_keys=True))
     print(f"[book] {chapter.name}: done in {time.time() - start:.0f} s", flush=True)
