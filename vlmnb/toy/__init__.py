@@ -2,7 +2,8 @@
 
 - :mod:`vlmnb.toy.scenes`: the seeded scene generator (images, exact masks, descriptions, questions);
 - :mod:`vlmnb.toy.model`: the word-level tokenizer, the LLaVA processor and the model config;
-- :mod:`vlmnb.toy.train`: ``python -m vlmnb.toy.train --out DIR --steps N [--resume]``;
+- :mod:`vlmnb.toy.train`: ``python -m vlmnb.toy.train --out DIR --recipe shipped`` (every stage of the
+  shipped model, resumable) or one stage, ``--out DIR --steps N [--resume]``;
 - :mod:`vlmnb.toy.evaluate`: ``python -m vlmnb.toy.evaluate [--checkpoint DIR] [--n 500]``;
 - :mod:`vlmnb.toy.metrics`: exact object matching between descriptions.
 
@@ -23,5 +24,5 @@ def checkpoint_path(name: str = "toy") -> Path:
     path = Path(__file__).resolve().parent / _CHECKPOINTS[name]
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"toy checkpoint {name!r} is missing at {path}; train it with "
-                                "`python -m vlmnb.toy.train` and copy the run's model/ folder there")
+                                "`python -m vlmnb.toy.train --out runs/toy --recipe shipped` and copy runs/toy/ft3/model there")
     return path
