@@ -512,3 +512,21 @@ def test_crowded_rows_can_be_asked_more_often():
     batch = make_batch(2, cfg, SequenceBuilder(build_processor()))
     from vlmnb.toy.model import pixel_values
     assert torch.equal(batch["pixel_values"], pixel_values([crowded_scene(2 * 4 + b).image for b in range(4)]))
+
+
+def test_quality_table_reads_eval_json(tmp_path):
+    import json
+
+    from vlmnb.toy import checkpoint_path
+    from vlmnb.toy.show import quality_table
+
+    table = quality_table(checkpoint_path())
+    result = json.loads((checkpoint_path() / "eval.json").read_text())
+    assert table.loc[("position look-up", "ACC"), "value"] == round(result["position_lookup"]["acc"], 3)
+    shares = table.loc[("position look-up", "ACC, object sharing its row"), "value"]
+    assert shares == round(result["position_lookup"]["acc_shares_row"], 3)
+    swap = result["yes_no"]["count"]["swap_acc"]
+    assert table.loc[("yes/no: count", "ACC"), "image swapped"] == f"{swap:.3f}"
+    assert table.loc[("description", "exact match"), "image swapped"] == ""
+    with pytest.raises(FileNotFoundError, match="evaluate"):
+        quality_table(tmp_path)

@@ -39,7 +39,8 @@ def show_scenes(scenes: list[Scene], masks: bool = True, ncols: int = 4, titles:
 
 
 def quality_table(eval_json: str | Path) -> pd.DataFrame:
-    """The held-out quality table of a checkpoint's ``eval.json`` as a DataFrame (task, metric, value)."""
+    """The held-out quality table of a checkpoint's ``eval.json`` as a DataFrame indexed by (task,
+    metric), with the value and, for yes/no aspects, the value with the image swapped."""
     path = Path(eval_json)
     if path.is_dir():
         path = path / "eval.json"
@@ -63,7 +64,11 @@ def quality_table(eval_json: str | Path) -> pd.DataFrame:
     for aspect, v in r["yes_no"].items():
         rows.append((f"yes/no: {aspect}", "ACC", v["acc"], v["swap_acc"]))
         rows.append((f"yes/no: {aspect}", "ACC+", v["acc_plus"], v["swap_acc_plus"]))
-    return pd.DataFrame(rows, columns=["task", "metric", "value", "image swapped"]).round(3)
+    table = pd.DataFrame(rows, columns=["task", "metric", "value", "image swapped"])
+    table["value"] = table["value"].round(3)
+    # only yes/no rows have a swap control: the others show nothing there, not NaN
+    table["image swapped"] = [f"{v:.3f}" if pd.notna(v) else "" for v in table["image swapped"]]
+    return table.set_index(["task", "metric"])
 
 
 CURVE_COLUMNS = {
