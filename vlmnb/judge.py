@@ -322,9 +322,23 @@ class JudgeCache:
         self.path = Path(path) if path is not None else default_cache_path()
         self.timeout = timeout
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Switching to WAL needs an exclusive lock, and sqlite answers "database is locked" at once
+        # (without its busy handler) while another connection is opening the same new file: retry.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._create()
+                break
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+    def _create(self) -> None:
         con = self._connect()
         try:
-            con.execute("PRAGMA journal_mode=WAL")
+            if con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # WAL persists in the file
+                con.execute("PRAGMA journal_mode=WAL")
             con.execute(
                 "CREATE TABLE IF NOT EXISTS judge_results ("
                 " key TEXT PRIMARY KEY, judge TEXT, model TEXT, version TEXT,"
