@@ -71,16 +71,14 @@ ROW_COMPANY = ("empty_cell", "alone_in_row", "shares_row")
 def row_company(scene, lookup: str) -> str:
     """For a look-up "what is at the <cell>?": ``"empty_cell"`` when no object is there, else
     ``"alone_in_row"`` or ``"shares_row"`` (another object in the same grid row)."""
-    from vlmnb.toy.scenes import CELLS, GRID
+    from vlmnb.toy.scenes import CELLS, crowded_cells
 
     cell = lookup.strip().removeprefix("what is at the ").rstrip("?").strip()
     if cell not in CELLS:
         raise ValueError(f"not a position look-up: {lookup!r}")
     if not any(o.cell == cell for o in scene.objects):
         return "empty_cell"
-    row = CELLS.index(cell) // GRID
-    mates = sum(CELLS.index(o.cell) // GRID == row for o in scene.objects) - 1
-    return "shares_row" if mates else "alone_in_row"
+    return "shares_row" if cell in crowded_cells(scene.objects) else "alone_in_row"
 
 
 def _norm(text: str) -> str:

@@ -204,6 +204,12 @@ def make_scene(index: int, split: str = "test", seed: int = 0) -> Scene:
                  questions=_questions(objects, rng, index), index=index, split=split)
 
 
+def crowded_cells(objects: list[ToyObject]) -> set[str]:
+    """The cells whose object shares its grid row with another object."""
+    rows = [CELLS.index(o.cell) // GRID for o in objects]
+    return {o.cell for o, r in zip(objects, rows) if rows.count(r) > 1}
+
+
 def make_scenes(n: int, split: str = "test", seed: int = 0, start: int = 0) -> list[Scene]:
     """Scenes ``start .. start+n-1`` of ``split``."""
     return [make_scene(i, split=split, seed=seed) for i in range(start, start + n)]

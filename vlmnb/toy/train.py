@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 from vlmnb.toy.model import (DEFAULT_PROMPT, NUM_IMAGE_TOKENS, PATCH_SIZE, ToyArchitecture, build_model, build_processor,
                              pixel_values)
-from vlmnb.toy.scenes import ASPECTS, CELLS, COLORS, GRID, IMAGE_SIZE, SHAPES, SIZES, make_scene, object_names
+from vlmnb.toy.scenes import (ASPECTS, COLORS, GRID, IMAGE_SIZE, SHAPES, SIZES, crowded_cells, make_scene,
+                              object_names)
 
 TASKS = ("description",) + ASPECTS  # task ids used in the per-task loss log
 
@@ -56,7 +57,7 @@ class TrainConfig:
     # object in it: look-ups of occupied cells, colour questions); 0 keeps the earlier recipes
     binding_share: float = 0.0
     # relative weight, among the binding questions, of those about an object that shares its grid
-    # row with another object (the shipped model's look-ups failed on 40% of these, on none of the rest)
+    # row with another object (before stage ft3 the look-ups failed on 41% of these, on none of the rest)
     rowmate_weight: float = 1.0
     # share of training sequences whose scene has two or more objects in one grid row
     # (0: scenes as the generator makes them, about half of them crowded)
@@ -148,6 +149,19 @@ class SequenceBuilder:
         return [first_image + int(k) for k in np.flatnonzero(union.reshape(-1) >= 8)]
 
 
+def _binding_questions_by_cell(scene) -> list[tuple[str, tuple[str, str, str]]]:
+    """(asked cell, turn) for every binding question of ``scene`` (see :func:`binding_questions`)."""
+    out = []
+    colors = {o.color for o in scene.objects}
+    for o in scene.objects:
+        out.append((o.cell, (f"what is at the {o.cell}?", f"a {o.size} {o.color} {o.shape}.", "position_lookup")))
+        out.append((o.cell, (f"is the object at the {o.cell} {o.color}?", "yes.", "color")))
+        others = sorted(c for c in colors if c != o.color) or [c for c in COLORS if c != o.color]
+        for c in others:
+            out.append((o.cell, (f"is the object at the {o.cell} {c}?", "no.", "color")))
+    return out
+
+
 def binding_questions(scene) -> list[tuple[str, str, str]]:
     """Training-only questions that can be answered only by binding a cell to the object in it:
     the look-up of every occupied cell, and for every object a colour question with its own colour
@@ -157,24 +171,7 @@ def binding_questions(scene) -> list[tuple[str, str, str]]:
     were almost all an object of another cell of the same row, so these put every object of a
     crowded row in the training signal.
     """
-    out = []
-    colors = {o.color for o in scene.objects}
-    for o in scene.objects:
-        out.append((f"what is at the {o.cell}?", f"a {o.size} {o.color} {o.shape}.", "position_lookup"))
-        out.append((f"is the object at the {o.cell} {o.color}?", "yes.", "color"))
-        others = sorted(c for c in colors if c != o.color) or [c for c in COLORS if c != o.color]
-        for c in others:
-            out.append((f"is the object at the {o.cell} {c}?", "no.", "color"))
-    return out
-
-
-def _asked_cell(question: str) -> str:
-    """The grid cell a binding question asks about ("what is at the top?" -> "top")."""
-    for lead in ("what is at the ", "is the object at the "):
-        if question.startswith(lead):
-            rest = question[len(lead):-1]
-            return rest if lead.startswith("what") else rest.rsplit(" ", 1)[0]
-    raise ValueError(f"not a binding question: {question!r}")
+    return [turn for _, turn in _binding_questions_by_cell(scene)]
 
 
 def sample_turns(scene, rng: np.random.Generator, cfg: TrainConfig) -> list[tuple[str, str, str]]:
@@ -188,14 +185,13 @@ def sample_turns(scene, rng: np.random.Generator, cfg: TrainConfig) -> list[tupl
     if cfg.aspect_weights:
         weights = np.array([cfg.aspect_weights.get(q.aspect, 1.0) for q in yesno], dtype=float)
         weights /= weights.sum()
-    binding = binding_questions(scene) if cfg.binding_share > 0 else []
+    by_cell = _binding_questions_by_cell(scene) if cfg.binding_share > 0 else []
+    binding = [turn for _, turn in by_cell]
     if binding:  # as many "yes." as "no." colour answers, look-ups as often as both
         kinds = [(t[2], t[1] if t[2] == "color" else "") for t in binding]
         binding_p = np.array([1.0 / kinds.count(k) for k in kinds])
-        if cfg.rowmate_weight != 1.0:
-            crowded = {o.cell for o in scene.objects
-                       if sum(CELLS.index(m.cell) // GRID == CELLS.index(o.cell) // GRID for m in scene.objects) > 1}
-            binding_p *= [cfg.rowmate_weight if _asked_cell(t[0]) in crowded else 1.0 for t in binding]
+        crowded = crowded_cells(scene.objects)
+        binding_p *= [cfg.rowmate_weight if cell in crowded else 1.0 for cell, _ in by_cell]
         binding_p /= binding_p.sum()
     for _ in range(cfg.followups + (0 if turns else 1)):
         if binding and rng.random() < cfg.binding_share:
@@ -211,18 +207,12 @@ def sample_turns(scene, rng: np.random.Generator, cfg: TrainConfig) -> list[tupl
     return turns
 
 
-def has_crowded_row(scene) -> bool:
-    """Whether two or more of the scene's objects share a grid row."""
-    rows = [CELLS.index(o.cell) // GRID for o in scene.objects]
-    return len(set(rows)) < len(rows)
-
-
 def crowded_scene(index: int, seed: int = 0):
     """A training scene with a crowded row: the first such scene among a block of candidates that
     the ordinary stream never draws (a pure function of ``index`` and ``seed``)."""
     for k in range(64):
         scene = make_scene(30_000_000 + 64 * index + k, split="train", seed=seed)
-        if has_crowded_row(scene):
+        if crowded_cells(scene.objects):
             return scene
     raise RuntimeError(f"no crowded scene among 64 candidates for index {index}")  # p ~ 0.5**64
 
