@@ -32,6 +32,7 @@ if CHROMIUM is None:
     pytest.skip("chromium is not installed", allow_module_level=True)
 
 from test_browser import CHROMIUM_ARGS  # noqa: E402  (same launch flags as the book's browser test)
+from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -295,8 +296,19 @@ def test_in_jupyterlab_the_output_is_live(lab_server, browser):
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("request", lambda r: remote.append(r.url) if not r.url.startswith((url, "data:", "blob:", "ws://127.0.0.1")) else None)
     page.goto(f"{url}/lab/tree/check.ipynb", wait_until="load", timeout=120_000)
-    page.click(".jp-Notebook .jp-Cell .jp-InputArea-editor", timeout=120_000)
-    page.keyboard.press("Shift+Enter")  # output made in this session is trusted: its scripts run
+    # A click or key press that lands before JupyterLab has wired the notebook up is lost (about one
+    # run in four here): wait for the kernel, then try again until the cell's prompt shows it queued.
+    page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=120_000)
+    queued = ("() => /\\[(\\*|\\d+)\\]/.test("
+              "document.querySelector('.jp-Notebook .jp-Cell .jp-InputPrompt')?.textContent || '')")
+    for _ in range(6):
+        try:
+            page.click(".jp-Notebook .jp-Cell .jp-InputArea-editor", timeout=20_000)
+            page.keyboard.press("Shift+Enter")  # output made in this session is trusted: its scripts run
+            page.wait_for_function(queued, timeout=20_000)
+            break
+        except PlaywrightTimeout:
+            continue
     page.wait_for_selector(".vlmnb-explorer.vx-ready", timeout=240_000)
     rec = np.load(root / "recording.npz", allow_pickle=False)
     from vlmnb.explorer import group_words
