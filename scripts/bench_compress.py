@@ -31,8 +31,8 @@ def medium_llava(layers: int, hidden: int):
     from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor)
 
-    from vlmnb import tiny
-    from vlmnb.models import VLM
+    from vlmnb.engine import tiny
+    from vlmnb.engine.vlm import VLM
 
     _, small = tiny.build("llava")
     tok = small.tokenizer
@@ -55,8 +55,8 @@ def medium_llava(layers: int, hidden: int):
 
 def bench(vlm, image, questions, answer_tokens: int, repeats: int, ks=(0.05, 0.02)) -> list[dict]:
     """Rows (method, tokens, kv_bytes, seconds) for Naive and Query + k for each k."""
-    from vlmnb.compress import describe
-    from vlmnb.reprompt import _kv_bytes_per_token
+    from vlmnb.engine.compress import describe
+    from vlmnb.experiments.reprompt import _kv_bytes_per_token
 
     vlm.model.generation_config.eos_token_id = None  # every answer has exactly answer_tokens tokens
     t0 = time.perf_counter()

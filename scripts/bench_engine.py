@@ -28,7 +28,7 @@ def build(args):
     import torch
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    from vlmnb.spans import Spans
+    from vlmnb.engine.spans import Spans
 
     torch.manual_seed(0)
     # 336 px / patch 14 = 24 x 24 = 576 image tokens; a slim vision tower (only the decoder matters)
@@ -80,7 +80,7 @@ def timing(args) -> dict[str, list[float]]:
     """Interleaved in-process timings of the SDPA modes (one model, one thread)."""
     import torch
 
-    from vlmnb.models import VLM
+    from vlmnb.engine.vlm import VLM
 
     torch.set_num_threads(1)
     model, inputs, spans = build(args)
@@ -105,7 +105,7 @@ def memory(args) -> dict:
     """One run of ``args.mode`` in this (fresh) process: bytes kept per sample and peak RSS growth."""
     import torch
 
-    from vlmnb.models import VLM
+    from vlmnb.engine.vlm import VLM
 
     torch.set_num_threads(1)
     model, inputs, spans = build(args)

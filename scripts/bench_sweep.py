@@ -14,7 +14,7 @@ Rows:
   the baseline.
 
 Both sweeps of a row run in the same process, one after the other, through
-``vlmnb.sweep.run(..., batch=False)`` and ``batch=True``; the script prints seconds, their
+``vlmnb.experiments.sweep.run(..., batch=False)`` and ``batch=True``; the script prints seconds, their
 ratio and whether every stored description is identical, in wall-clock seconds and in CPU
 seconds of the process (``time.process_time``; with one thread the two agree on an idle
 machine, and CPU time stays meaningful when other jobs share the cores). Compare the two
@@ -45,8 +45,8 @@ def medium_vlm():
     from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
 
-    from vlmnb import tiny
-    from vlmnb.models import VLM
+    from vlmnb.engine import tiny
+    from vlmnb.engine.vlm import VLM
 
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
     for word in ["USER:", "ASSISTANT:"] + PROMPT_WORDS.split():
@@ -80,8 +80,8 @@ def medium_vlm():
 
 
 def medium_configs():
-    from vlmnb import sweep
-    from vlmnb.knockout import from_layer, outside
+    from vlmnb.experiments import sweep
+    from vlmnb.engine.knockout import from_layer, outside
 
     configs = []
     for kind in sweep.KINDS:
@@ -99,8 +99,8 @@ def random_images(n: int, size: int = 336):
 
 
 def compare(vlm, samples, configs, new_tokens: int, prompt: str, max_batch_rows: int) -> dict:
-    from vlmnb import sweep
-    from vlmnb.store import ResultStore
+    from vlmnb.experiments import sweep
+    from vlmnb.data.store import ResultStore
 
     times, cpu, texts = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,7 +142,7 @@ def main(argv=None) -> None:
     import torch
 
     import vlmnb
-    from vlmnb import sweep
+    from vlmnb.experiments import sweep
 
     torch.set_num_threads(args.threads)
     rows = []

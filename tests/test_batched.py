@@ -10,10 +10,12 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from vlmnb import batched, sweep, tiny  # noqa: E402
-from vlmnb.knockout import Knockout, from_layer  # noqa: E402
-from vlmnb.models import VLM  # noqa: E402
-from vlmnb.store import ResultStore  # noqa: E402
+from vlmnb.engine import batched  # noqa: E402
+from vlmnb.experiments import sweep  # noqa: E402
+from vlmnb.engine import tiny  # noqa: E402
+from vlmnb.engine.knockout import Knockout, from_layer  # noqa: E402
+from vlmnb.engine.vlm import VLM  # noqa: E402
+from vlmnb.data.store import ResultStore  # noqa: E402
 
 FAMILIES = ["llava", "qwen2_vl"]
 NEW = 8
@@ -273,7 +275,7 @@ def test_shared_cache_keeps_one_copy_of_the_prefix():
 
 
 def test_record_rows_records_only_those_rows(vlm):
-    from vlmnb.record import Record
+    from vlmnb.engine.record import Record
 
     inp = vlm.prepare(_image(5), prompt="describe the image")
     knockouts = [None, Knockout("image", "generated", layers=from_layer(1))]
@@ -290,7 +292,7 @@ def test_record_rows_records_only_those_rows(vlm):
 @pytest.mark.parametrize("family", tiny.FAMILIES)
 def test_shared_prefix_rows_equal_single_runs_in_every_family(family):
     """The unexpanded shared prefix (and recording the baseline row only) in all nine families."""
-    from vlmnb.record import Record
+    from vlmnb.engine.record import Record
 
     model, processor = tiny.build(family)
     vlm = VLM(model, processor, name=f"tiny-{family}")

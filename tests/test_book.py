@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from vlmnb import book
+from vlmnb.cli import book
 from conftest import book_env
 
 

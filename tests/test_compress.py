@@ -10,11 +10,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from vlmnb import tiny  # noqa: E402
-from vlmnb.compress import (ATTENTION_NAME, CompressedContext, compress, describe,  # noqa: E402
+from vlmnb.engine import tiny  # noqa: E402
+from vlmnb.engine.compress import (ATTENTION_NAME, CompressedContext, compress, describe,  # noqa: E402
                             followup_text)
-from vlmnb.knockout import Knockout  # noqa: E402
-from vlmnb.models import VLM  # noqa: E402
+from vlmnb.engine.knockout import Knockout  # noqa: E402
+from vlmnb.engine.vlm import VLM  # noqa: E402
 
 QUESTION = "is there a dog?"
 TOL = 1e-4
@@ -204,8 +204,8 @@ def test_followup_turn_follows_the_chat_template(llava):
 
 def test_vlmnb_compress_is_callable_as_the_package_attribute(llava):
     import vlmnb
-    import vlmnb.compress as module
+    import vlmnb.engine.compress as module
 
-    assert callable(vlmnb.compress) and vlmnb.compress.CompressedContext is CompressedContext
-    ctx = vlmnb.compress(llava, _image(), k=0.5, keep="topk", max_new_tokens=2)
+    assert callable(vlmnb.engine.compress) and vlmnb.engine.compress.CompressedContext is CompressedContext
+    ctx = vlmnb.engine.compress(llava, _image(), k=0.5, keep="topk", max_new_tokens=2)
     assert isinstance(ctx, module.CompressedContext) and ctx.num_tokens == 8

@@ -9,7 +9,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from vlmnb import plots, reprompt, sweep  # noqa: E402
+from vlmnb.views import plots  # noqa: E402
+from vlmnb.experiments import reprompt  # noqa: E402
+from vlmnb.experiments import sweep  # noqa: E402
 
 
 @pytest.mark.parametrize("k, n, expected", [(0.05, 576, 29), (0.02, 576, 12), (0.05, 81, 4), (0.01, 81, 1)])

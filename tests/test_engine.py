@@ -11,7 +11,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import vlmnb  # noqa: E402
-from vlmnb.models import VLM, ModelNotAvailable  # noqa: E402
+from vlmnb.engine.vlm import VLM, ModelNotAvailable  # noqa: E402
 
 IMAGE_TOKEN = 99
 N_IMAGE = 16  # (32 / 8) ** 2 patches, CLS dropped
@@ -60,7 +60,7 @@ def tiny_vlm(seed: int = 0, layers: int = 4, eager: bool = False) -> VLM:
 
 
 class FakeSpans(SimpleNamespace):
-    """Stands in for vlmnb.spans.Spans (same attributes and positions())."""
+    """Stands in for vlmnb.engine.spans.Spans (same attributes and positions())."""
 
     def positions(self, name):
         return getattr(self, name)
@@ -92,7 +92,7 @@ def _logits(vlm, inp, cont=(), **kw):
 def _state(vlm):
     """Everything an intervention may touch, to compare before/after."""
     from transformers import AttentionInterface, AttentionMaskInterface
-    from vlmnb import models
+    from vlmnb.engine import vlm as models
 
     return (
         [(id(c), c.__dict__.get("_attn_implementation_internal")) for c in vlm._all_configs()],
@@ -124,7 +124,7 @@ def test_empty_knockout_equals_model_sdpa(vlm):
 
 
 def test_from_layer_leaves_earlier_layers_and_image_prefix_bit_identical(vlm):
-    from vlmnb.models import _append_tokens
+    from vlmnb.engine.vlm import _append_tokens
 
     inp = make_input()
     full = _append_tokens(vlm._to_device(dict(inp.inputs)), torch.tensor([[10, 11, 12, 13]]))
@@ -235,7 +235,7 @@ def test_recorded_fractions_match_eager_output_attentions(vlm):
     assert rec.image_rows.dtype == np.float32
     # helpers
     mean = rec.mean_fractions()
-    assert list(mean.columns) == list(vlmnb.knockout.SPAN_NAMES) and list(mean.index) == list(range(vlm.num_layers))
+    assert list(mean.columns) == list(vlmnb.engine.knockout.SPAN_NAMES) and list(mean.index) == list(range(vlm.num_layers))
     np.testing.assert_allclose(mean.to_numpy(), expected.mean(1), atol=1e-5)
     frame = rec.fractions_frame()
     assert len(frame) == vlm.num_layers * 6 * 4
@@ -344,7 +344,7 @@ def test_load_local_folder_roundtrip(vlm, tmp_path):
 
 
 def test_image_loading_errors(tmp_path):
-    from vlmnb.models import _load_image
+    from vlmnb.engine.vlm import _load_image
 
     bad = tmp_path / "x.png"
     bad.write_bytes(b"not an image")

@@ -1,4 +1,4 @@
-"""Engine invariants on tiny random models of every supported family (vlmnb.tiny), offline."""
+"""Engine invariants on tiny random models of every supported family (vlmnb.engine.tiny), offline."""
 from __future__ import annotations
 
 import copy
@@ -11,9 +11,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import vlmnb  # noqa: E402
-from vlmnb.models import VLM  # noqa: E402
+from vlmnb.engine.vlm import VLM  # noqa: E402
 
-tiny = pytest.importorskip("vlmnb.tiny")
+tiny = pytest.importorskip("vlmnb.engine.tiny")
 
 FAMILIES = list(tiny.FAMILIES)
 
@@ -29,7 +29,7 @@ def family_vlm(request):
     try:
         model, processor = tiny.build(family)
     except Exception as exc:  # noqa: BLE001 - report which family cannot be built, and why
-        pytest.skip(f"vlmnb.tiny cannot build {family}: {type(exc).__name__}: {exc}")
+        pytest.skip(f"vlmnb.engine.tiny cannot build {family}: {type(exc).__name__}: {exc}")
     return VLM(model, processor, name=f"tiny-{family}")
 
 
@@ -131,7 +131,7 @@ def test_gemma3_sliding_window_positions():
     try:
         model, processor = tiny.build("gemma3")
     except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"vlmnb.tiny cannot build gemma3: {exc}")
+        pytest.skip(f"vlmnb.engine.tiny cannot build gemma3: {exc}")
     config = copy.deepcopy(model.config)
     config.text_config.sliding_window = 6
     small = type(model)(config).eval()

@@ -18,12 +18,12 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import vlmnb  # noqa: E402
-from vlmnb import tiny as tiny_models  # noqa: E402
+from vlmnb.engine import tiny as tiny_models  # noqa: E402
 from vlmnb.data import Sample  # noqa: E402
-from vlmnb.explorer import (Explorer, decode_data, dequantize_rows, explore, explore_sample,  # noqa: E402
+from vlmnb.views.explorer import (Explorer, decode_data, dequantize_rows, explore, explore_sample,  # noqa: E402
                             export_data, group_words, match_masks, quantize_rows,
                             window_slots)
-from vlmnb.models import _token_offsets  # noqa: E402
+from vlmnb.engine.vlm import _token_offsets  # noqa: E402
 
 MAX_NEW = 12
 
@@ -255,8 +255,8 @@ def test_explorer_type_and_repr(tiny):
 def test_explore_sample_on_a_wordless_description_returns_a_note(tmp_path):
     """A chapter must finish on a model that writes no words (a tiny random one can)."""
     import vlmnb
-    from vlmnb import tiny
-    from vlmnb.explorer import Note, explore_sample
+    from vlmnb.engine import tiny
+    from vlmnb.views.explorer import Note, explore_sample
     from PIL import Image
 
     tiny.save("llava", tmp_path / "m")

@@ -43,7 +43,7 @@ NOTEBOOK_CELLS = [
         from PIL import Image
         import vlmnb
         from vlmnb.data import Sample
-        from vlmnb.explorer import explore_sample
+        from vlmnb.views.explorer import explore_sample
 
         vlm = vlmnb.load(model)
         rng = np.random.default_rng(0)
@@ -76,7 +76,7 @@ def _notebook(path: Path) -> None:
 @pytest.fixture(scope="module")
 def explorer_book(tmp_path_factory) -> Path:
     """A one-chapter book (the project's config and extension) built with ``python -m vlmnb book``."""
-    from vlmnb import tiny
+    from vlmnb.engine import tiny
 
     root = tmp_path_factory.mktemp("explorer_book")
     model = tiny.save("llava", root / "tiny-llava")
@@ -153,7 +153,7 @@ def test_hover_words_and_layers_shows_the_recorded_attention(explorer_book, brow
     assert page_path.is_file()
     rec = np.load(explorer_book / "recording.npz", allow_pickle=False)
     recording = {k: rec[k] for k in ("image_rows", "fractions", "layers")}
-    from vlmnb.explorer import group_words
+    from vlmnb.views.explorer import group_words
 
     words = [w.tokens for w in group_words(str(rec["text"]), [tuple(o) for o in rec["offsets"]])]
     assert len(words) >= 2 and len(recording["layers"]) >= 2
@@ -250,7 +250,7 @@ def lab_server(tmp_path_factory):
 
     pytest.importorskip("jupyterlab")
     import nbformat
-    from vlmnb import tiny
+    from vlmnb.engine import tiny
 
     root = tmp_path_factory.mktemp("lab")
     model = tiny.save("llava", root / "tiny-llava")
@@ -311,7 +311,7 @@ def test_in_jupyterlab_the_output_is_live(lab_server, browser):
             continue
     page.wait_for_selector(".vlmnb-explorer.vx-ready", timeout=240_000)
     rec = np.load(root / "recording.npz", allow_pickle=False)
-    from vlmnb.explorer import group_words
+    from vlmnb.views.explorer import group_words
 
     words = [w.tokens for w in group_words(str(rec["text"]), [tuple(o) for o in rec["offsets"]])]
     recording = {k: rec[k] for k in ("image_rows", "fractions", "layers")}

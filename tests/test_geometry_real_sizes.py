@@ -1,6 +1,6 @@
 """Geometry with the image-processor settings of the reference checkpoints (336/14 CLIP,
 384/14 SigLIP with anyres_max_9, Qwen2-VL's pixel budget, 448px InternVL tiles, 364px Idefics3
-crops, 512px SmolVLM crops, 896px Gemma3). No weights are needed: :func:`vlmnb.spans.prepare`
+crops, 512px SmolVLM crops, 896px Gemma3). No weights are needed: :func:`vlmnb.engine.spans.prepare`
 reads only the config, so each case pairs a config with the checkpoint's sizes and a processor
 with the same settings, and checks that the geometry's feature count equals the processor's
 image-token count for images of many shapes, with every box inside the image."""
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmnb import spans as S
-from vlmnb import tiny
+from vlmnb.engine import spans as S
+from vlmnb.engine import tiny
 
 
 @functools.lru_cache(maxsize=None)

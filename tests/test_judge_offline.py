@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from vlmnb import judge as J
-from vlmnb.judge_offline import extract_objects, match_objects
+from vlmnb.judge.offline import extract_objects, match_objects
 
 ROOT = Path(__file__).resolve().parents[1]
 BOUND = 0.10  # the aim for the mean absolute F1 error on the labelled pairs
@@ -128,7 +128,7 @@ def test_book_page_shows_the_measured_numbers(offline, labelled):
     assert J.markdown_table(J.agreement_table(offline, labelled)) in page
     assert J.markdown_table(J.object_agreement(offline, labelled)) in page
     assert J.markdown_table(J.toy_agreement(offline, n_scenes=40)) in page
-    from vlmnb.paper import USER_STUDY  # the paper's figures are quoted beside ours
+    from vlmnb.experiments.paper import USER_STUDY  # the paper's figures are quoted beside ours
 
     for key in ("llm_yes_human_yes", "llm_yes_human_no", "llm_no_human_yes", "llm_no_human_no"):
         assert f"| {USER_STUDY[key]} |" in page

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import vlmnb
-from vlmnb.knockout import Knockout, KnockoutPlan, RowLayout, resolve_layers
+from vlmnb.engine.knockout import Knockout, KnockoutPlan, RowLayout, resolve_layers
 
 from test_engine import FakeSpans, make_input, tiny_vlm  # noqa: F401  (shared tiny model helpers)
 
@@ -108,7 +108,7 @@ def test_knockout_spec_validation_and_repr():
     with pytest.raises(TypeError, match="per-layer entries"):
         Knockout(src={0: "image"})
     with pytest.raises(TypeError, match="vlmnb.Knockout"):
-        vlmnb.knockout.as_knockout_list(["image"])
+        vlmnb.engine.knockout.as_knockout_list(["image"])
     ko = Knockout(src={3: [1, 2]}, dst=("query", "generated"), layers=vlmnb.from_layer(2))
     assert ko.layer_indices(6) == (3,)
     assert "1 layers" in repr(ko) and "from_layer" in repr(ko).replace("FromLayer", "from_layer")

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from vlmnb import localize as L
-from vlmnb import spans as S
-from vlmnb import tiny
+from vlmnb.experiments import localize as L
+from vlmnb.engine import spans as S
+from vlmnb.engine import tiny
 from vlmnb.data import CocoResolver, Sample
 from vlmnb.judge import score
-from vlmnb.spans import Geometry, View
+from vlmnb.engine.spans import Geometry, View
 
 FAMILIES = [f for f in tiny.FAMILIES if f in tiny._BUILDERS]
 
@@ -101,7 +101,7 @@ def test_fine_details_are_baseline_objects_lost_under_img_to_gen():
 
 
 def test_locate_ties_a_multi_token_plural_to_its_tokens():
-    from vlmnb.models import Generation, _token_offsets
+    from vlmnb.engine.vlm import Generation, _token_offsets
 
     _, processor = built("llava")
     tok = processor.tokenizer
@@ -356,8 +356,8 @@ class BoxMask:
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava_next"])
 def test_measure_on_a_tiny_tiled_model(tmp_path, family):
     import vlmnb
-    from vlmnb.models import VLM
-    from vlmnb.record import Record
+    from vlmnb.engine.vlm import VLM
+    from vlmnb.engine.record import Record
 
     model, processor = built(family)
     vlm = VLM(model, processor, name=f"tiny-{family}")
@@ -420,7 +420,7 @@ def test_figures_show_the_windows_chance_and_peak():
     matplotlib.use("Agg")
     from matplotlib.container import BarContainer
 
-    from vlmnb import plots
+    from vlmnb.views import plots
 
     kept, _ = L.select(measured_frame())
     by_window = L.accuracy_by_window(kept, 4, size=2)
@@ -450,8 +450,8 @@ def test_replay_records_the_same_rows_as_generation():
     """A word-level model (the toy's architecture, random weights): the baseline text is
     tokenised back to the generated ids, and one forward pass records the generation's rows."""
     from vlmnb.data import toy_samples
-    from vlmnb.models import VLM
-    from vlmnb.record import Record
+    from vlmnb.engine.vlm import VLM
+    from vlmnb.engine.record import Record
     from vlmnb.toy.model import build_model, build_processor
 
     vlm = VLM(build_model(seed=1), build_processor(), name="toy-random")

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from vlmnb import localize as L
-from vlmnb import segment as G
+from vlmnb.experiments import localize as L
+from vlmnb.data import segment as G
 from vlmnb.data import toy_samples
-from vlmnb.models import ModelNotAvailable
+from vlmnb.engine.vlm import ModelNotAvailable
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_sam_path_end_to_end_with_cache(parts, sample, tmp_path):
 
 
 def _grid():
-    from vlmnb.spans import Geometry, View
+    from vlmnb.engine.spans import Geometry, View
 
     boxes = np.array([[c * 10, r * 10, c * 10 + 10, r * 10 + 10] for r in range(9) for c in range(9)], float)
     return Geometry((90, 90), boxes, [View("image", 9, 9, np.arange(81).reshape(9, 9), (0, 0, 90, 90))])

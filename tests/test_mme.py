@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from vlmnb.mme import mme_scores, parse_yes_no, perception_score, score_answers
+from vlmnb.core.yes_no import mme_scores, parse_yes_no, perception_score, score_answers
 
 
 @pytest.mark.parametrize("text,expected", [

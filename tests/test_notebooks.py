@@ -56,7 +56,7 @@ def test_book_chapters_executed_cleanly_on_the_embedded_model(built_book):
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    from vlmnb import tiny
+    from vlmnb.engine import tiny
 
     root = tmp_path_factory.mktemp("tiny")
     out = {}

@@ -1,7 +1,7 @@
 """The paper's numbers are transcribed consistently (a typo here would mislead every table)."""
 import numpy as np
 
-from vlmnb import paper
+from vlmnb.experiments import paper
 
 
 def test_table1_rows_average_to_the_papers_average_column():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import vlmnb
-from vlmnb.record import Record, Recording
+from vlmnb.engine.record import Record, Recording
 
 from test_engine import make_input, tiny_vlm
 

@@ -12,11 +12,13 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from vlmnb import mme, reprompt, tiny  # noqa: E402
-from vlmnb.compress import describe  # noqa: E402
+from vlmnb.core import yes_no as mme  # noqa: E402
+from vlmnb.experiments import reprompt  # noqa: E402
+from vlmnb.engine import tiny  # noqa: E402
+from vlmnb.engine.compress import describe  # noqa: E402
 from vlmnb.data import load_mme, mme_samples, toy_samples  # noqa: E402
-from vlmnb.models import VLM  # noqa: E402
-from vlmnb.store import ResultStore  # noqa: E402
+from vlmnb.engine.vlm import VLM  # noqa: E402
+from vlmnb.data.store import ResultStore  # noqa: E402
 
 
 
@@ -58,7 +60,7 @@ def test_scores_match_hand_computed_values():
 
 
 def test_yes_no_scores_agree_with_the_mme_module():
-    """On yes/no questions the Table-1 path scores exactly like vlmnb.mme (lmms-eval rules)."""
+    """On yes/no questions the Table-1 path scores exactly like vlmnb.core.yes_no (lmms-eval rules)."""
     yes_no = FIXTURE[(FIXTURE.kind == "yes/no") & (FIXTURE.method == "Naive")]
     ours = reprompt.score(yes_no).set_index("category")
     theirs = mme.mme_scores(yes_no.rename(columns={"truth": "answer", "text": "prediction"}))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmnb import spans as S
-from vlmnb import tiny
+from vlmnb.engine import spans as S
+from vlmnb.engine import tiny
 
 FAMILIES = [f for f in tiny.FAMILIES if f in tiny._BUILDERS]
 

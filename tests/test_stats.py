@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vlmnb.stats import bootstrap_ci, summarize
+from vlmnb.experiments.stats import bootstrap_ci, summarize
 
 
 def test_interval_contains_estimate_and_estimate_is_the_mean():

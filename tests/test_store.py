@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from vlmnb.store import ResultStore, merge
+from vlmnb.data.store import ResultStore, merge
 
 PARAMS = {"model": "toy", "n_images": 6, "configs": ["a", "b"], "seed": 0}
 IMAGES = [f"img{i}" for i in range(6)]
@@ -83,7 +83,7 @@ def test_hard_kill_loses_only_unflushed_units(tmp_path):
         sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
         sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
         from test_store import experiment, PARAMS
-        from vlmnb.store import ResultStore
+        from vlmnb.data.store import ResultStore
 
         class Kill(list):
             def append(self, item):

@@ -11,8 +11,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from vlmnb import sweep_cli, tiny  # noqa: E402
-from vlmnb.store import ResultStore  # noqa: E402
+from vlmnb.cli import sweep as sweep_cli  # noqa: E402
+from vlmnb.engine import tiny  # noqa: E402
+from vlmnb.data.store import ResultStore  # noqa: E402
 
 KEYS = ["image_id", "config", "metric", "layer", "token"]
 
@@ -38,7 +39,7 @@ def _sorted(frame):
 @pytest.mark.slow
 def test_two_processes_merge_to_the_one_process_store(tmp_path):
     model = tiny.save("llava", tmp_path / "model")
-    common = ["-m", "vlmnb.sweep_cli", "--model", str(model), "--images", "toy", "--n-images", "3", "--fig2",
+    common = ["-m", "vlmnb.cli.sweep", "--model", str(model), "--images", "toy", "--n-images", "3", "--fig2",
               "--window", "1", "1", "--topk", "0.5", "--max-new-tokens", "5", "--threads", "1", "--no-progress"]
     _run([sys.executable, *common, "--out", str(tmp_path / "one")], tmp_path)
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vlmnb import spans as S
-from vlmnb import tiny
+from vlmnb.engine import spans as S
+from vlmnb.engine import tiny
 
 FAMILIES = [f for f in tiny.FAMILIES if f in tiny._BUILDERS]
 

@@ -281,7 +281,7 @@ def test_shipped_checkpoint_looks_up_objects_that_share_their_row(shipped):
     assert np.mean(right) >= 0.8, [(o.cell, a) for (_, o), a in zip(asks, answers)]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vlmnb.models") is None, reason="vlmnb.models not written yet")
+@pytest.mark.skipif(importlib.util.find_spec("vlmnb.engine.vlm") is None, reason="vlmnb.engine.vlm not written yet")
 def test_vlmnb_load_toy_uses_the_shipped_weights(shipped):
     import vlmnb
 
@@ -316,7 +316,7 @@ def test_training_curves_average_the_log_and_ship_with_the_model(tmp_path):
 
     import pandas as pd
 
-    from vlmnb.toy.show import plot_training_curves, training_curves
+    from vlmnb.views.toy import plot_training_curves, training_curves
     from vlmnb.toy.train import train
 
     train(tmp_path, _cfg(4), progress=False)
@@ -334,7 +334,7 @@ def test_training_curves_average_the_log_and_ship_with_the_model(tmp_path):
 def test_ability_table_applies_the_targets(tmp_path):
     import json
 
-    from vlmnb.toy.show import ability_table
+    from vlmnb.views.toy import ability_table
 
     result = {"description": {"object_f1": 0.97, "exact": 0.79},
               "position_lookup": {"acc": 0.96, "acc_plus": 0.92},
@@ -346,7 +346,7 @@ def test_ability_table_applies_the_targets(tmp_path):
 
 def test_weights_revision_follows_the_weights(tmp_path):
     import vlmnb
-    from vlmnb.models import weights_revision
+    from vlmnb.engine.vlm import weights_revision
     from vlmnb.toy.train import save_pretrained
 
     model = build_model(ToyArchitecture(**TINY), seed=0)
@@ -525,7 +525,7 @@ def test_quality_table_reads_eval_json(tmp_path):
     import json
 
     from vlmnb.toy import checkpoint_path
-    from vlmnb.toy.show import quality_table
+    from vlmnb.views.toy import quality_table
 
     table = quality_table(checkpoint_path())
     result = json.loads((checkpoint_path() / "eval.json").read_text())

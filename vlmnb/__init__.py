@@ -17,34 +17,39 @@ import importlib
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
+# public name -> module that defines it (the layers: core, toy, engine, data, judge, experiments, views, cli)
 _EXPORTS = {
     # engine
-    "load": "models", "VLM": "models", "Prepared": "spans", "Generation": "models",
-    "ModelNotAvailable": "models", "Intervention": "models",
-    "Spans": "spans", "Geometry": "spans",
-    "Knockout": "knockout", "from_layer": "knockout", "outside": "knockout",
-    "Record": "record", "Recording": "record",
-    # experiments
+    "load": "engine.vlm", "VLM": "engine.vlm", "Prepared": "engine.spans", "Generation": "engine.vlm",
+    "ModelNotAvailable": "engine.vlm", "Intervention": "engine.vlm",
+    "Spans": "engine.spans", "Geometry": "engine.spans",
+    "Knockout": "engine.knockout", "from_layer": "engine.knockout", "outside": "engine.knockout",
+    "Record": "engine.record", "Recording": "engine.record",
+    "CompressedContext": "engine.compress",
+    # judges, data, experiments, views
     "compare": "judge", "JudgeResult": "judge", "LLMJudge": "judge",
     "OfflineJudge": "judge", "ExactJudge": "judge",
-    "ResultStore": "store",
-    "bootstrap_ci": "stats",
-    "explore": "explorer", "explore_sample": "explorer",
-    "CompressedContext": "compress",
+    "ResultStore": "data.store",
+    "bootstrap_ci": "experiments.stats",
+    "explore": "views.explorer", "explore_sample": "views.explorer",
 }
 
-# Submodules that are part of the public API (imported on first use, like the names above).
-_SUBMODULES = {"sweep", "fractions", "plots", "data", "judge", "store", "stats", "paper", "toy", "mme",
-               "localize", "segment", "reprompt", "batched", "explorer", "tiny", "spans", "models",
-               "knockout", "record", "book", "compress", "reprompt"}
+# Modules reachable as attributes of ``vlmnb`` (imported on first use, like the names above):
+# the layers, and the experiment and view modules the chapters use (``from vlmnb import sweep``).
+_SUBMODULES = {
+    "core": "core", "toy": "toy", "engine": "engine", "data": "data", "judge": "judge",
+    "experiments": "experiments", "views": "views", "cli": "cli",
+    "fractions": "experiments.fractions", "sweep": "experiments.sweep", "localize": "experiments.localize",
+    "reprompt": "experiments.reprompt", "paper": "experiments.paper", "stats": "experiments.stats",
+    "plots": "views.plots", "explorer": "views.explorer", "store": "data.store",
+}
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name: str):
     if name in _SUBMODULES:
-        return importlib.import_module(f"vlmnb.{name}")
+        return importlib.import_module(f"vlmnb.{_SUBMODULES[name]}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'vlmnb' has no attribute {name!r}")

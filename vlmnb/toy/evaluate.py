@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from vlmnb.mme import mme_scores
+from vlmnb.core.yes_no import mme_scores
 from vlmnb.toy.metrics import description_quality
 from vlmnb.toy.model import DEFAULT_PROMPT
 from vlmnb.toy.scenes import make_scenes

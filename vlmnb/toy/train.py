@@ -479,7 +479,7 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), resume: bool = Fals
             _save_checkpoint(out, step + 1, model, optimizer, cfg, entry)
             if save_every_model:
                 save_pretrained(model, processor, out / "model")
-                from vlmnb.toy.show import training_curves
+                from vlmnb.toy.curves import training_curves
 
                 log.flush()  # the curves ship next to the weights
                 training_curves(out / "log.jsonl").to_csv(out / "model" / "training_curves.csv", index=False)
@@ -551,7 +551,7 @@ def train_recipe(out: str | Path, stages: list[dict] | str = "shipped", progress
             train(folder, cfg, resume=state.exists(), progress=progress, device=device)
         previous = folder / "model"
     # the last model carries the curves of every stage, one after the other
-    from vlmnb.toy.show import stage_curves
+    from vlmnb.toy.curves import stage_curves
 
     stage_curves([out / st["name"] / "log.jsonl" for st in stages]).to_csv(previous / "training_curves.csv",
                                                                          index=False)

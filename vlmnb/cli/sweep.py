@@ -2,17 +2,17 @@
 
 One process (one GPU or the CPU)::
 
-    python -m vlmnb.sweep_cli --model llava-hf/llava-1.5-7b-hf --images coco --fig2 --stride 1 \\
+    python -m vlmnb.cli.sweep --model llava-hf/llava-1.5-7b-hf --images coco --fig2 --stride 1 \\
         --window 4 20 --max-new-tokens 200 --out runs/fig2-llava
 
 Several processes (``accelerate launch`` or ``torchrun``): the images are split between the
 processes (accelerate's ``PartialState.split_between_processes``), each process writes its own
 store ``OUT/shards/w<world>-r<rank>`` (the sweep's parameters plus ``rank`` and
 ``world_size``), and when all are done the first process merges every shard into
-``OUT/merged`` (:func:`vlmnb.store.merge`)::
+``OUT/merged`` (:func:`vlmnb.data.store.merge`)::
 
-    accelerate launch --num_processes 8 -m vlmnb.sweep_cli ... --out runs/fig2
-    torchrun --nproc_per_node 8 -m vlmnb.sweep_cli ... --out runs/fig2
+    accelerate launch --num_processes 8 -m vlmnb.cli.sweep ... --out runs/fig2
+    torchrun --nproc_per_node 8 -m vlmnb.cli.sweep ... --out runs/fig2
 
 ``--gpus-per-process k`` shards a model too big for one GPU over k GPUs with
 ``device_map="auto"`` (local process i uses GPUs i*k .. i*k+k-1). Rerunning the same command
@@ -30,14 +30,14 @@ from typing import Any
 
 import pandas as pd
 
-from . import store as _store
-from .store import ResultStore, merge
+from vlmnb.data import store as _store
+from vlmnb.data.store import ResultStore, merge
 
 
 class ShardStore:
     """The store one process writes, seeing the units of other shards under the run as done.
 
-    Behaves like a :class:`~vlmnb.store.ResultStore` for :func:`vlmnb.sweep.run`: ``done`` is
+    Behaves like a :class:`~vlmnb.data.store.ResultStore` for :func:`vlmnb.experiments.sweep.run`: ``done`` is
     true for units in this shard or any other; ``frame`` holds the rows of all of them.
     """
 
@@ -99,7 +99,7 @@ def device_kwargs(local_index: int, gpus_per_process: int, device_map: str | Non
 
 
 def build_configs(args, n_layers: int):
-    from . import sweep
+    from vlmnb.experiments import sweep
 
     configs = [sweep.Config("baseline")]
     if args.fig2:
@@ -113,7 +113,7 @@ def build_configs(args, n_layers: int):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m vlmnb.sweep_cli", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m vlmnb.cli.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="run folder (shards/ and merged/ go inside)")
     p.add_argument("--model", default="toy", help="toy, a model folder or a hub id (default: toy)")
@@ -150,7 +150,8 @@ def main(argv=None) -> int:
     from accelerate import PartialState
 
     import vlmnb
-    from . import data, sweep
+    from vlmnb import data
+    from vlmnb.experiments import sweep
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -4,7 +4,7 @@ A :class:`Config` names one way of generating: the unmodified ``baseline``, one 
 paper's three knockouts (``img->gen``, ``img->query``, ``img->query+gen``) in all layers,
 from a layer on, or outside a window of layers, or ``top-k`` (generated tokens see only the
 k% most attended image tokens of each layer, chapter 4). :func:`run` generates every
-configuration for every image into a :class:`~vlmnb.store.ResultStore` (one unit per image
+configuration for every image into a :class:`~vlmnb.data.store.ResultStore` (one unit per image
 and configuration, so reruns skip finished work); :func:`score` compares each configuration's
 description with the baseline's using a judge.
 
@@ -20,9 +20,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .knockout import FromLayer, Knockout, Outside, from_layer, outside
-from .record import Record
-from .store import ResultStore
+from vlmnb.engine.knockout import FromLayer, Knockout, Outside, from_layer, outside
+from vlmnb.engine.record import Record
+from vlmnb.data.store import ResultStore
 
 #: the paper's three knockout configurations: which queries lose sight of the image
 KINDS = {
@@ -192,8 +192,8 @@ def run(vlm, samples: Sequence, configs: Sequence[Config], store: ResultStore, *
 
     ``batch=True`` (default) generates the configurations of one image together: the
     system and image tokens run once, and up to ``max_batch_rows`` configurations decode
-    as the rows of one batch (see :mod:`vlmnb.batched`); the texts are those of
-    ``batch=False``, which runs one :meth:`~vlmnb.models.VLM.generate` per configuration.
+    as the rows of one batch (see :mod:`vlmnb.engine.batched`); the texts are those of
+    ``batch=False``, which runs one :meth:`~vlmnb.engine.vlm.VLM.generate` per configuration.
     """
     if max_batch_rows < 1:
         raise ValueError(f"max_batch_rows must be at least 1, got {max_batch_rows}")
@@ -246,7 +246,7 @@ def _run_batched(vlm, samples, configs, store, prompt, max_new_tokens, progress,
 
     from tqdm.auto import tqdm
 
-    from . import batched
+    from vlmnb.engine import batched
 
     n_images = len(samples)
     bar = tqdm(total=n_images * len(configs), desc="generating", unit="config", disable=not progress)
@@ -302,7 +302,7 @@ def score(frame: pd.DataFrame, configs: Sequence[Config], judge: Any = None, pro
     Returns one row per (image, configuration) with precision, recall, f1, tp, fp, fn, the
     judge's name and whether the judgement succeeded (failures are NaN, never 0).
     """
-    from .judge import compare_many, get_judge
+    from vlmnb.judge import compare_many, get_judge
 
     judge = get_judge(judge)
     text = descriptions(frame).set_index(["image_id", "config"]).text
@@ -362,7 +362,7 @@ def choose_window(model_name: str, frame: pd.DataFrame, n_layers: int) -> tuple[
 
 def summarize_scores(scores: pd.DataFrame, by=("kind", "scope", "start"), seed: int = 0) -> pd.DataFrame:
     """Mean F1 with a 95% bootstrap interval per group (failed judgements dropped)."""
-    from .stats import summarize
+    from vlmnb.experiments.stats import summarize
 
     ok = scores[scores.ok.astype(bool)].copy()
     by = [b for b in by if b in ok.columns]

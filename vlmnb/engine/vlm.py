@@ -28,10 +28,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .errors import OneLineError
-from .knockout import (SPAN_NAMES, Knockout, KnockoutPlan, RowLayout, as_knockout_list, check_spans,
+from vlmnb.core.errors import OneLineError
+from vlmnb.engine.knockout import (SPAN_NAMES, Knockout, KnockoutPlan, RowLayout, as_knockout_list, check_spans,
                        resolve_layers, span_positions)
-from .record import Record, Recorder, Recording
+from vlmnb.engine.record import Record, Recorder, Recording
 
 ATTENTION_NAME = "vlmnb"
 
@@ -361,8 +361,8 @@ class Intervention:
         if plan is not None and plan.touches(q_start, q_end + 1):
             mask = self._knockout_mask(plan, attention_mask, q_start, q_len, k_start, kv_len, module, query.device)
         recorder = self.recorder
-        if hasattr(key, "materialize"):  # a shared, unexpanded prefix (vlmnb.batched.SplitKV)
-            from .batched import split_attention
+        if hasattr(key, "materialize"):  # a shared, unexpanded prefix (vlmnb.engine.batched.SplitKV)
+            from vlmnb.engine.batched import split_attention
 
             if mask is None and not getattr(module, "is_causal", True):
                 mask = query.new_ones((1, 1, q_len, kv_len), dtype=bool)
@@ -439,7 +439,7 @@ class Generation:
         tokens: per-token text pieces; ``text[offsets[i][0]:offsets[i][1]] == tokens[i]``.
         offsets: per generated token, (start, end) character offsets into ``text``.
         spans: the input's spans with ``generated`` filled (absolute positions).
-        recording: a :class:`~vlmnb.record.Recording` when asked for, else None.
+        recording: a :class:`~vlmnb.engine.record.Recording` when asked for, else None.
         knockout: the knockouts that were active (a list, possibly empty).
     """
 
@@ -596,14 +596,14 @@ class VLM:
 
     def compress(self, image, **kwargs):
         """Describe ``image`` once and keep a compressed context to ask more questions
-        (see :func:`vlmnb.compress.compress`)."""
-        from .compress import compress
+        (see :func:`vlmnb.engine.compress.compress`)."""
+        from vlmnb.engine.compress import compress
 
         return compress(self, image, **kwargs)
 
     def prepare(self, image, prompt: str = "describe the image"):
         """Model inputs for one image and prompt, with token spans and image-token geometry."""
-        from . import spans
+        from vlmnb.engine import spans
 
         return spans.prepare(self.model, self.processor, _load_image(image), prompt, self.family)
 
@@ -795,7 +795,7 @@ def _find_decoder(model):
 
 def _detect_family(config) -> str:
     try:
-        from .spans import detect_family
+        from vlmnb.engine.spans import detect_family
     except ImportError:
         return getattr(config, "model_type", "unknown")
     return detect_family(config)
@@ -885,7 +885,7 @@ def load(name_or_path: str | os.PathLike, *, dtype=None, device_map=None, trust_
 
     name = str(name_or_path)
     if name in ("toy", "toy-yesno"):
-        from . import toy
+        from vlmnb import toy
 
         source = str(toy.checkpoint_path(name))
         local = True

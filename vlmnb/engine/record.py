@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .knockout import SPAN_NAMES, resolve_layers
+from vlmnb.engine.knockout import SPAN_NAMES, resolve_layers
 
 
 @dataclass

@@ -102,7 +102,7 @@ def match_masks(text: str, words: Sequence[Word], names: Sequence[str]) -> list[
                     out[w] = index
     if any(o < 0 for o in out) and names:
         try:
-            from .data import match_category
+            from vlmnb.data import match_category
         except ImportError:  # the data module's optional parts are missing
             return out
         for w, word in enumerate(words):
@@ -461,7 +461,7 @@ def _static_png(image, geometry, data: dict, masks: dict | None) -> bytes:
     """The default selection as a small PNG (book style), for readers without JavaScript."""
     from matplotlib.figure import Figure
 
-    from . import plots
+    from vlmnb.views import plots
 
     decoded = decode_data(data)["attention"]
     state = data["state"]
@@ -547,7 +547,7 @@ def explore_sample(vlm, sample, prompt: str = "describe the image", max_new_toke
     ``masks``: object name -> mask, added to (and overriding) the sample's own masks.
     Other keyword arguments go to :func:`explore` (``layer``, ``window``, ``word``, ...).
     """
-    from .record import Record
+    from vlmnb.engine.record import Record
 
     image = getattr(sample, "image", sample)
     inp = vlm.prepare(image, prompt=prompt)

@@ -12,7 +12,7 @@ detail this module finds
 2. **its mask** in the original image, from one of the sources behind the
    :class:`MaskSource` interface: the toy scenes' exact masks (:class:`ToyMasks`), COCO instance
    masks matched by category name and synonyms (:class:`CocoMasks`), or a text-prompted
-   detector + Segment Anything for any image (:class:`vlmnb.segment.TextPromptedMasks`);
+   detector + Segment Anything for any image (:class:`vlmnb.data.segment.TextPromptedMasks`);
    masks can be filtered by quality and by a hand-written reject list (:class:`RejectList`);
 3. **where its tokens look**: the head-averaged attention of those tokens over the image
    tokens, per layer, averaged over the tokens.
@@ -20,12 +20,12 @@ detail this module finds
 Rows of "the detail's tokens" (``which``): ``"producing"`` (default) takes the recording rows
 of the forward steps that *produced* the detail's tokens, i.e. the moment the model decided to
 write the word (row ``i`` is the step that produced generated token ``i``, see
-:mod:`vlmnb.record`); ``"reading"`` takes the steps whose query *is* the detail's token
+:mod:`vlmnb.engine.record`); ``"reading"`` takes the steps whose query *is* the detail's token
 (row ``i + 1``).
 
 The metric, as the paper defines it: per layer, the peak of that attention over the image
 tokens (tokens that see pixels; structure tokens are excluded) is mapped to the original image
-through the token geometry (:class:`vlmnb.spans.Geometry`), and the detail counts as
+through the token geometry (:class:`vlmnb.engine.spans.Geometry`), and the detail counts as
 *localised* when the centre of the peak token lies within one token of the mask: the distance
 from that point to the nearest mask pixel (pixel centres), measured in units of the peak
 token's own width and height, is at most 1 (for InternVL2's 40-pixel tokens: at most 40 px,
@@ -144,14 +144,14 @@ def fine_details(frame: pd.DataFrame, judge: Any = None, knocked: str = "img->ge
                  baseline: str = "baseline", progress: bool = False) -> pd.DataFrame:
     """The fine details of a sweep: objects of the baseline description lost under ``knocked``.
 
-    ``frame`` holds the sweep's rows (:func:`vlmnb.sweep.run`) with at least the baseline and
+    ``frame`` holds the sweep's rows (:func:`vlmnb.experiments.sweep.run`) with at least the baseline and
     the ``knocked`` configuration. Each pair is compared with ``judge`` (as in
-    :func:`vlmnb.sweep.score`; LLM judges answer from their cache). Returns one row per detail:
+    :func:`vlmnb.experiments.sweep.score`; LLM judges answer from their cache). Returns one row per detail:
     ``image_id, detail, occurrence, baseline_text, knocked_text``; images whose judgement
     failed are left out.
     """
-    from .judge import compare_many, get_judge
-    from .sweep import descriptions
+    from vlmnb.judge import compare_many, get_judge
+    from vlmnb.experiments.sweep import descriptions
 
     text = descriptions(frame).set_index(["image_id", "config"]).text
     configs = set(text.index.get_level_values("config"))
@@ -210,7 +210,7 @@ class Detail:
 def locate(generation, image_id: str, name: str, occurrence: int = 0) -> Detail | None:
     """Tie a detail to its generated tokens through the engine's character offsets.
 
-    ``generation`` is a :class:`~vlmnb.models.Generation` (``.text``, ``.tokens_in``).
+    ``generation`` is a :class:`~vlmnb.engine.vlm.Generation` (``.text``, ``.tokens_in``).
     Returns None when the name is not mentioned ``occurrence + 1`` times; when the name is
     listed more often than it is mentioned (the judge counted "two dogs" as two), the last
     mention is used.
@@ -274,7 +274,7 @@ class ToyMasks:
     name = "toy-exact"
 
     def __call__(self, sample, detail: Detail) -> DetailMask:
-        from .toy.scenes import parse_description
+        from vlmnb.toy.scenes import parse_description
 
         scene = (sample.meta or {}).get("scene")
         if scene is None:
@@ -302,7 +302,7 @@ class CocoMasks:
     name = "coco"
 
     def __call__(self, sample, detail: Detail) -> DetailMask:
-        from .data import match_category
+        from vlmnb.data import match_category
 
         masks = sample.masks
         if not masks:
@@ -339,7 +339,7 @@ class FirstOf:
 
 def mask_source(kind: str | Any = "auto", images: Any = None, **kwargs):
     """A mask source by name: ``"toy"``, ``"coco"``, ``"sam"`` (text-prompted detector + SAM;
-    ``kwargs`` such as ``cache_dir`` go to :meth:`vlmnb.segment.TextPromptedMasks.load` and are
+    ``kwargs`` such as ``cache_dir`` go to :meth:`vlmnb.data.segment.TextPromptedMasks.load` and are
     not used by the other sources), ``"coco+sam"`` (COCO masks where the detail names a COCO
     category, the text-prompted source otherwise, see :class:`FirstOf`) or ``"auto"``: the exact
     masks for ``images="toy"``, COCO masks for ``"coco"``, else the text-prompted source. An
@@ -355,7 +355,7 @@ def mask_source(kind: str | Any = "auto", images: Any = None, **kwargs):
     if kind == "coco":
         return CocoMasks()
     if kind in ("sam", "coco+sam"):
-        from .segment import TextPromptedMasks
+        from vlmnb.data.segment import TextPromptedMasks
 
         sam = TextPromptedMasks.load(**kwargs)
         return sam if kind == "sam" else FirstOf(CocoMasks(), sam)
@@ -531,8 +531,8 @@ def _replay(vlm, inp, text: str):
     greedy generation would have produced exactly these tokens, and the recorded rows are the
     same rows as during generation). Otherwise None: the caller generates again.
     """
-    from .models import Generation, _token_offsets
-    from .record import Record
+    from vlmnb.engine.vlm import Generation, _token_offsets
+    from vlmnb.engine.record import Record
 
     tokenizer = vlm.tokenizer
     try:
@@ -555,7 +555,7 @@ def _replay(vlm, inp, text: str):
 
 def _unit(vlm, sample, details: pd.DataFrame, masks, prompt: str, max_new_tokens: int, which: tuple[str, ...],
           map_layers: Sequence[int] | None) -> list[dict]:
-    from .record import Record
+    from vlmnb.engine.record import Record
 
     inp = vlm.prepare(sample.image, prompt=prompt)
     expected = details.baseline_text.iloc[0]
@@ -703,7 +703,7 @@ def _rows(kept: pd.DataFrame, metric: str, rows: str | None) -> pd.DataFrame:
 
 
 def _summ(df: pd.DataFrame, by: str | list, value: str = "value", seed: int = 0) -> pd.DataFrame:
-    from .stats import summarize
+    from vlmnb.experiments.stats import summarize
 
     return summarize(df, by=by, value=value, seed=seed)
 
@@ -762,10 +762,10 @@ def accuracy_by_window(kept: pd.DataFrame, n_layers: int, size: int | str = "aut
 def map_window(model_name: str, frame: pd.DataFrame, n_layers: int) -> tuple[tuple[int, int], str]:
     """The middle layers whose attention the gallery averages, and why: the paper's for its two
     models (20-40 for InternVL2-76B, 16-24 for LLaVA-1.5-7B), otherwise chapter 2's choice
-    (:func:`vlmnb.sweep.choose_window`: the quarter of the layers with the most image attention
+    (:func:`vlmnb.experiments.sweep.choose_window`: the quarter of the layers with the most image attention
     in this model's baseline)."""
-    from .paper import LOCALIZATION, MODELS
-    from .sweep import choose_window
+    from vlmnb.experiments.paper import LOCALIZATION, MODELS
+    from vlmnb.experiments.sweep import choose_window
 
     for paper_name, entry in LOCALIZATION.items():
         hub = MODELS[paper_name]["hub_id"]
@@ -776,7 +776,7 @@ def map_window(model_name: str, frame: pd.DataFrame, n_layers: int) -> tuple[tup
 
 def chance(kept: pd.DataFrame, seed: int = 0) -> dict:
     """The chance level averaged over details: ``{"mean", "ci_low", "ci_high", "n"}``."""
-    from .stats import bootstrap_ci
+    from vlmnb.experiments.stats import bootstrap_ci
 
     values = _rows(kept, "chance", None).value.to_numpy(dtype=float)
     est, lo, hi = bootstrap_ci(values, seed=seed)
@@ -833,7 +833,7 @@ def paper_table(by_window: pd.DataFrame, chance_summary: dict, model_name: str, 
                 n_details: int, n_images: int, size: int | str = "auto") -> pd.DataFrame:
     """This run beside the paper's two models: details, images, layers per window, the best
     window and its accuracy, the chance level (the paper reports none)."""
-    from .paper import LOCALIZATION, MODELS
+    from vlmnb.experiments.paper import LOCALIZATION, MODELS
 
     rows = []
     for name, entry in LOCALIZATION.items():

@@ -14,7 +14,7 @@ from which precision, recall and F1 follow. Four judges share one interface
 * :class:`LLMJudge` — an LLM on any OpenAI-compatible endpoint, the protocol of Kaduri et al.
   (Sec. 4.2, App. B) in this project's own prompt, with a persistent :class:`JudgeCache`;
 * :class:`OfflineJudge` — no endpoint, no network: nouns, lemmas, WordNet, then sentence
-  embeddings (see :mod:`vlmnb.judge_offline`);
+  embeddings (see :mod:`vlmnb.judge.offline`);
 * :class:`ExactJudge` — the toy scenes' closed vocabulary (delegates to ``vlmnb.toy.metrics``);
 * any object with ``name``, ``model``, ``version`` and ``compare``.
 
@@ -395,7 +395,7 @@ class JudgeCache:
 # --------------------------------------------------------------------------------------
 
 def _data_text(name: str) -> str:
-    return resources.files("vlmnb").joinpath("judge_data", name).read_text(encoding="utf-8")
+    return resources.files("vlmnb.judge").joinpath("prompts", name).read_text(encoding="utf-8")
 
 
 JUDGE_INSTRUCTIONS = _data_text("llm_prompt.md")
@@ -690,7 +690,7 @@ class LLMJudge:
 # --------------------------------------------------------------------------------------
 
 def load_labelled(path: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """The project's hand-labelled description pairs (``judge_data/labelled_pairs.json``)."""
+    """The project's hand-labelled description pairs (``vlmnb/judge/prompts/labelled_pairs.json``)."""
     if path is None:
         return json.loads(_data_text("labelled_pairs.json"))
     return json.loads(Path(path).read_text(encoding="utf-8"))
@@ -877,4 +877,4 @@ def markdown_table(df, digits: int = 3) -> str:
 
 # The offline judge lives in its own module (it loads WordNet and a sentence model, lazily);
 # it is imported here, after everything it uses from this module is defined.
-from vlmnb.judge_offline import OfflineJudge, lemma_key  # noqa: E402
+from vlmnb.judge.offline import OfflineJudge, lemma_key  # noqa: E402

@@ -13,7 +13,7 @@ step's attention reads them once for all rows (:func:`split_attention`). A row t
 (end-of-sequence) is padded by ``generate`` and trimmed.
 
 Greedy outputs are the token ids each configuration gives when run alone with
-:meth:`~vlmnb.models.VLM.generate`; the tests check this for every configuration of a sweep.
+:meth:`~vlmnb.engine.vlm.VLM.generate`; the tests check this for every configuration of a sweep.
 (Floating-point sums are ordered differently in a batch, so a near-tie between two tokens can in
 principle break the other way, as in any batched generation; none has been seen in float32.)
 
@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .knockout import Knockout, RowLayout, _resolve, as_knockout_list, span_positions
+from vlmnb.engine.knockout import Knockout, RowLayout, _resolve, as_knockout_list, span_positions
 
 #: families checked to give the same token ids from a shared prefix (tests/test_batched.py)
 PREFIX_FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "internvl",
@@ -179,7 +179,7 @@ class SplitKV:
     row's own positions after it. The cache hands these to the attention function instead of
     one (rows, heads, P + S, d) tensor, so a decoding step reads the prefix once for all rows,
     not once per row (with 576+ image tokens and 30 rows, most of the memory traffic of a step).
-    Only vlmnb's attention function (active inside :meth:`~vlmnb.models.VLM.intervene`) reads
+    Only vlmnb's attention function (active inside :meth:`~vlmnb.engine.vlm.VLM.intervene`) reads
     it; :meth:`materialize` gives the plain tensor.
     """
 
@@ -442,7 +442,7 @@ def generate_rows(vlm, inp, row_knockouts: Sequence[Any], max_new_tokens: int, *
         prefix: a :class:`Prefix` of ``inp`` to continue from, None to compute one when
             some row allows it, or False to run the whole prompt in every row.
 
-    Returns one :class:`~vlmnb.models.Generation` per row, in order.
+    Returns one :class:`~vlmnb.engine.vlm.Generation` per row, in order.
     """
     rows = [as_knockout_list(k) for k in row_knockouts]
     if not rows:

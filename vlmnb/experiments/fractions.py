@@ -1,7 +1,7 @@
 """Where generated tokens look: attention fractions per layer (the paper's Sec. 4, Fig. 1, 4, 8).
 
 :func:`run` describes each image once with attention recording switched on and writes tidy
-rows to a :class:`~vlmnb.store.ResultStore` (so an interrupted run resumes):
+rows to a :class:`~vlmnb.data.store.ResultStore` (so an interrupted run resumes):
 
 - ``metric="fraction"``: per layer and span, the head-averaged share of attention that the
   generated tokens give to that span, averaged over the generation steps (column ``span``);
@@ -11,7 +11,7 @@ rows to a :class:`~vlmnb.store.ResultStore` (so an interrupted run resumes):
 - ``metric="description"``: the generated text (``text``).
 
 Which rows count as "the generated tokens": every generation step, i.e. the attention row of
-the forward pass that produced generated token ``i`` (see :mod:`vlmnb.record`). Step 0's
+the forward pass that produced generated token ``i`` (see :mod:`vlmnb.engine.record`). Step 0's
 query is the last prompt position, so its "generated" share is zero by construction.
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .record import Record
-from .store import ResultStore
+from vlmnb.engine.record import Record
+from vlmnb.data.store import ResultStore
 
 SPANS = ("system", "image", "query", "generated")
 

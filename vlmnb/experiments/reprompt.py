@@ -1,11 +1,11 @@
 """The paper's Table 1: image re-prompting on MME-style question pairs (Sec. 5, Fig. 10).
 
-Per image the model sees the image once ("describe the image", :func:`vlmnb.compress.describe`),
+Per image the model sees the image once ("describe the image", :func:`vlmnb.engine.compress.describe`),
 and every question is then answered by each *method*:
 
 - ``Naive``: the full image and the question, from scratch (one full pass per question);
 - ``Query + K=5%`` / ``Query + K=2%``: the compressed context (prompt text + per-layer top-k
-  image tokens), :class:`vlmnb.compress.CompressedContext`;
+  image tokens), :class:`vlmnb.engine.compress.CompressedContext`;
 - ``Query only`` and ``K=2% only``: one of the two parts alone;
 - ``Describe-to-LLM``: only the generated description, passed with the question to a text
   model (:class:`LLMReader`, an OpenAI-compatible endpoint). Without an endpoint, on the toy
@@ -13,7 +13,7 @@ and every question is then answered by each *method*:
   exact description parser, i.e. a perfect reader of the text -- an *upper bound* for what a
   text LLM could get from the description, labelled as such in every table.
 
-Answers are scored as MME does (:mod:`vlmnb.mme`): yes/no answers parsed the lmms-eval way;
+Answers are scored as MME does (:mod:`vlmnb.core.yes_no`): yes/no answers parsed the lmms-eval way;
 ACC = share of questions right, ACC+ = share of pairs (the two questions about one image and
 aspect) with both right, per category (MME subset, or toy aspect). The toy's position
 look-ups ("what is at the top left?") are open questions, right when the answer equals the
@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .mme import parse_yes_no
+from vlmnb.core.yes_no import parse_yes_no
 
 KINDS = ("naive", "context", "describe")
 READER_STANDIN = "toy reader (offline stand-in for an LLM: exact parser, an upper bound)"
@@ -50,7 +50,7 @@ class Method:
     k: float | None = None
 
     def __post_init__(self):
-        from .compress import _check_keep
+        from vlmnb.engine.compress import _check_keep
 
         if self.kind not in KINDS:
             raise ValueError(f"Method kind {self.kind!r}: use one of {KINDS}")
@@ -113,7 +113,7 @@ class ToyReader:
     name = READER_STANDIN
 
     def __call__(self, description: str, question: str) -> str:
-        from .toy.scenes import CELLS, COLORS, COUNT_WORDS, SHAPES, parse_description
+        from vlmnb.toy.scenes import CELLS, COLORS, COUNT_WORDS, SHAPES, parse_description
 
         objects = parse_description(description)
         q = " ".join(_words(question))
@@ -218,7 +218,7 @@ def run(vlm, samples: Sequence, methods: Sequence[Method], store, *, prompt: str
     """
     from tqdm.auto import tqdm
 
-    from .compress import describe
+    from vlmnb.engine.compress import describe
 
     read = get_reader(reader, images)
     methods = [m for m in methods if m.kind != "describe" or read is not None]
@@ -338,7 +338,7 @@ def table1(scores: pd.DataFrame, methods: Sequence[str] | None = None,
 
 def paper_table1() -> pd.DataFrame:
     """The paper's Table 1 (InternVL2-76B on MME) in the layout of :func:`table1`."""
-    from .paper import MME_TABLE1, mme_table1_frame
+    from vlmnb.experiments.paper import MME_TABLE1, mme_table1_frame
 
     frame = mme_table1_frame().rename(columns={"subset": "category"})
     out = table1(frame.assign(reader=""), methods=list(MME_TABLE1))

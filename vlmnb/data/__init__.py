@@ -297,7 +297,7 @@ COCO_SYNONYMS: dict[str, tuple[str, ...]] = {
 
 def coco_ids() -> list[int]:
     """The paper's 81 COCO image ids, in the paper's order (package data ``data/coco_ids.txt``)."""
-    text = resources.files("vlmnb").joinpath("data/coco_ids.txt").read_text()
+    text = resources.files("vlmnb.data").joinpath("coco_ids.txt").read_text()
     return [int(tok) for line in text.splitlines() if not line.lstrip().startswith("#")
             for tok in line.split()]
 

@@ -1,7 +1,7 @@
 """Masks for any image from a detail's words: a text-conditioned detector, then Segment Anything.
 
 The paper made its pseudo ground-truth masks with text-grounded Segment Anything and checked
-them by hand. Here the same two steps run behind the :class:`vlmnb.localize.MaskSource`
+them by hand. Here the same two steps run behind the :class:`vlmnb.experiments.localize.MaskSource`
 interface:
 
 1. a text-conditioned detector from transformers (OWLv2 by default, Grounding DINO also works)
@@ -13,7 +13,7 @@ Quality checks reject a detail when the detector's best score is below ``min_box
 SAM's predicted IoU is below ``min_mask_score``, or when less than ``min_inside`` of the mask
 lies inside the (slightly enlarged) box. The masks are written to ``cache_dir`` as PNG files
 beside a JSON note with the box and scores, so a person can look at them and list the bad
-ones in a reject list (:class:`vlmnb.localize.RejectList`) instead of editing code.
+ones in a reject list (:class:`vlmnb.experiments.localize.RejectList`) instead of editing code.
 
 Real checkpoints: SAM's ``sam_vit_h_4b8939.pth`` (or vit_l / vit_b) downloaded from the
 official links in :data:`SAM_CHECKPOINTS`, loaded with ``segment_anything.sam_model_registry``;
@@ -64,7 +64,7 @@ def load_sam(checkpoint: str | os.PathLike | None = None, model_type: str = "vit
         if env:
             checkpoint = env
         else:
-            from .data import default_cache_dir
+            from vlmnb.data import default_cache_dir
 
             checkpoint = default_cache_dir() / "sam" / SAM_CHECKPOINTS[model_type]
     path = Path(checkpoint)
@@ -127,10 +127,10 @@ class Detector:
     @classmethod
     def load(cls, name_or_path: str = "owlv2", device: str | None = None) -> "Detector":
         """Load by short name (:data:`DETECTORS`), hub id or local folder. Offline, only the local
-        cache is used and a missing model raises :class:`vlmnb.models.ModelNotAvailable`."""
+        cache is used and a missing model raises :class:`vlmnb.engine.vlm.ModelNotAvailable`."""
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-        from .models import ModelNotAvailable, _offline
+        from vlmnb.engine.vlm import ModelNotAvailable, _offline
 
         source = DETECTORS.get(name_or_path, name_or_path)
         local = Path(str(source)).expanduser().exists()
@@ -301,7 +301,7 @@ class TextPromptedMasks:
     def __call__(self, sample, detail):
         from PIL import Image
 
-        from .localize import DetailMask
+        from vlmnb.experiments.localize import DetailMask
 
         paths = self._paths(sample, detail)
         if paths is not None and paths[1].is_file():

@@ -44,7 +44,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .batched import _cache_kwarg, _inner
+from vlmnb.engine.batched import _cache_kwarg, _inner
 
 KEEP_MODES = ("query+topk", "query", "topk")
 ATTENTION_NAME = "vlmnb_compressed"
@@ -98,13 +98,13 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
 
 def _register() -> None:
     # the model still builds one mask for layer 0's lengths; _attention above ignores it
-    from .models import register_attention
+    from vlmnb.engine.vlm import register_attention
 
     register_attention(ATTENTION_NAME, _attention)
 
 
 def _unregister() -> None:
-    from .models import unregister_attention
+    from vlmnb.engine.vlm import unregister_attention
 
     unregister_attention(ATTENTION_NAME)
 
@@ -137,7 +137,7 @@ def followup_text(processor, prompt: str, question: str, family: str) -> str:
 
     Without a chat template (or one that does not render a second turn): ``"\\n" + question``.
     """
-    from .spans import render_prompt
+    from vlmnb.engine.spans import render_prompt
 
     first = render_prompt(processor, prompt, family)
     template = getattr(processor, "chat_template", None)
@@ -202,7 +202,7 @@ class ImagePass:
 
     def kept_positions(self, k: float, keep: str = "query+topk") -> list[np.ndarray]:
         """Per layer, the sorted absolute prompt positions a context with ``k`` and ``keep`` keeps."""
-        from .sweep import topk_dropped
+        from vlmnb.experiments.sweep import topk_dropped
 
         _check_keep(k, keep)
         spans = self.prepared.spans
@@ -244,7 +244,7 @@ def _check_keep(k: float, keep: str) -> None:
 
 
 def _check_family(vlm) -> None:
-    from .spans import SUPPORTED_FAMILIES
+    from vlmnb.engine.spans import SUPPORTED_FAMILIES
 
     if vlm.family not in SUPPORTED_FAMILIES:
         raise NotImplementedError(f"compressed contexts are not supported for family {vlm.family!r}; "
@@ -260,7 +260,7 @@ def describe(vlm, image, prompt: str = "describe the image", max_new_tokens: int
     import torch
     from transformers import DynamicCache
 
-    from .record import Record
+    from vlmnb.engine.record import Record
 
     _check_family(vlm)
     inp = image if hasattr(image, "spans") and hasattr(image, "inputs") else vlm.prepare(image, prompt=prompt)
@@ -293,7 +293,7 @@ def compress(vlm, image, k: float = 0.05, prompt: str = "describe the image", ke
     """Show ``vlm`` the image once and keep only a compressed context to ask questions with.
 
     Args:
-        vlm: a loaded :class:`~vlmnb.models.VLM`.
+        vlm: a loaded :class:`~vlmnb.engine.vlm.VLM`.
         image: a PIL image, a path or an array (or a prepared input).
         k: per layer, the fraction of image tokens to keep, ranked by the attention the
             generated description gave them (0.05 = the paper's 5%; at least one token).
@@ -303,7 +303,7 @@ def compress(vlm, image, k: float = 0.05, prompt: str = "describe the image", ke
 
     Example::
 
-        ctx = vlmnb.compress(vlm, "photo.jpg", k=0.05)
+        ctx = vlmnb.engine.compress(vlm, "photo.jpg", k=0.05)
         ctx.ask("Is there a dog in the image? Please answer yes or no.")
     """
     _check_keep(k, keep)
@@ -504,9 +504,9 @@ def _eos_ids(vlm) -> set[int]:
 
 
 class _CallableModule(types.ModuleType):
-    """``vlmnb.compress`` names both this module and its main function. Importing a submodule
+    """``vlmnb.engine.compress`` names both this module and its main function. Importing a submodule
     binds the module to the package attribute, so the module itself forwards calls to
-    :func:`compress`: ``vlmnb.compress(vlm, image, k=0.05)`` works whichever way it was bound."""
+    :func:`compress`: ``vlmnb.engine.compress(vlm, image, k=0.05)`` works whichever way it was bound."""
 
     def __call__(self, *args, **kwargs) -> CompressedContext:
         return compress(*args, **kwargs)

@@ -110,7 +110,7 @@ def image_heatmap(ax, image, geometry, values, *, view: int | None = None, alpha
 def fractions_by_layer(fractions, title: str = "", paper_bands: dict | None = None):
     """Fig. 1 style: per layer, the distribution over images of each span's attention share.
 
-    ``fractions``: tidy frame with image_id, layer, span, fraction (see vlmnb.fractions).
+    ``fractions``: tidy frame with image_id, layer, span, fraction (see vlmnb.experiments.fractions).
     Lines are the mean over images, bands the 10-90% range. ``paper_bands`` (name ->
     (first, last) layer in *this* model's depth) shades the paper's layer bands for reference.
     """
@@ -316,7 +316,7 @@ def localization_by_layer(by_layer, by_window, chance: dict, n_layers: int, pape
                           title: str = ""):
     """Fig. 7 / A6 style: localisation accuracy per layer (thin line, 95% band), averaged over
     windows of consecutive layers (bars with 95% intervals), the chance level (dashed grey,
-    band = its interval) and, from ``paper`` (an entry of ``vlmnb.paper.LOCALIZATION`` plus
+    band = its interval) and, from ``paper`` (an entry of ``vlmnb.experiments.paper.LOCALIZATION`` plus
     ``layers``, the paper model's depth), the paper's peak accuracy and its middle layers
     rescaled to this model's depth."""
     fig, ax = figure(height=3.6)
@@ -381,7 +381,7 @@ def detail_gallery(items: list, ncols: int = 2, title: str = ""):
     attention of the detail's tokens over the image (peak: cyan cross, mask: white outline).
 
     ``items``: dicts with image, geometry, mask, map, phrase, image_id (see
-    ``vlmnb.localize.gallery_items``). For tiled models the view holding the peak is drawn.
+    ``vlmnb.experiments.localize.gallery_items``). For tiled models the view holding the peak is drawn.
     """
     n = len(items)
     if n == 0:
@@ -467,8 +467,8 @@ def f1_by_k(summary, n_image: int, paper_plateau_k: float | None = 0.05, paper_f
 
 def table1_bars(ours, paper=None, title: str = ""):
     """Table 1 at a glance: average ACC and ACC+ per method (ours as bars, the paper's as
-    purple ticks). ``ours`` / ``paper``: tables from :func:`vlmnb.reprompt.table1` /
-    :func:`vlmnb.reprompt.paper_table1`; rows are matched by the method name before any " [".
+    purple ticks). ``ours`` / ``paper``: tables from :func:`vlmnb.experiments.reprompt.table1` /
+    :func:`vlmnb.experiments.reprompt.paper_table1`; rows are matched by the method name before any " [".
     """
     fig, ax = figure(height=3.4)
     labels = [str(i) for i in ours.index]

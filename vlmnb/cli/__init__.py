@@ -1,0 +1,1 @@
+"""Command lines: the book runner, the sweep command line, ``python -m vlmnb``."""
