@@ -1,4 +1,4 @@
-"""Shared fixtures: the repository root and one CI-profile build of the whole book."""
+"""Shared fixtures: the repository root, one CI-profile build of the whole book, a headless browser."""
 from __future__ import annotations
 
 import os
@@ -56,3 +56,29 @@ def built_book(tmp_path_factory) -> Path:
     if done.returncode != 0:
         pytest.fail("building the book failed:\n" + done.stdout[-4000:] + done.stderr[-4000:])
     return root
+
+
+# The browser checks use Debian's Chromium through Playwright (never a browser downloaded by a test
+# tool): skipped where it is absent, except in CI (CI=true), where its absence is a failure.
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def need_chromium() -> None:
+    """Skip the calling test module where Chromium is absent (fail in CI)."""
+    if CHROMIUM is None:
+        if os.environ.get("CI") == "true":
+            raise RuntimeError("CI needs Debian's chromium for the browser tests (.ci/run installs it)")
+        pytest.skip("chromium is not installed", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium, one per test module."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

@@ -134,13 +134,11 @@ def _toy_vision(vision_source: str | Path | None):
     from vlmnb.toy import checkpoint_path
 
     folder = Path(vision_source) if vision_source else checkpoint_path()
-    cfg = LlavaConfig.from_pretrained(folder)
+    toy = LlavaForConditionalGeneration.from_pretrained(folder)
+    cfg = toy.config
     if cfg.vision_feature_layer != -1 or cfg.vision_feature_select_strategy != "default":
         raise ValueError(f"{folder}: expected the toy's last-layer, CLS-dropped vision features")
-    weights = load_file(str(folder / "model.safetensors"))
-    tower = {k: v for k, v in weights.items() if k.startswith("model.vision_tower.")}
-    if not tower:
-        raise ValueError(f"{folder}/model.safetensors holds no model.vision_tower.* tensors")
+    tower = {"model.vision_tower." + k: v.detach().clone() for k, v in toy.model.vision_tower.state_dict().items()}
     return cfg.vision_config, tower
 
 

@@ -12,7 +12,6 @@ output must be drawn by its script too. Skipped where Chromium is absent, except
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -23,15 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ARTIFACTS, ROOT, book_env
+from conftest import ARTIFACTS, ROOT, book_env, need_chromium
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-if CHROMIUM is None:
-    if os.environ.get("CI") == "true":
-        raise RuntimeError("CI needs Debian's chromium for the browser tests (.ci/run installs it)")
-    pytest.skip("chromium is not installed", allow_module_level=True)
+need_chromium()
 
-from test_browser import CHROMIUM_ARGS  # noqa: E402  (same launch flags as the book's browser test)
 from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -96,16 +90,6 @@ def explorer_book(tmp_path_factory) -> Path:
     if done.returncode != 0:
         pytest.fail("building the explorer book failed:\n" + done.stdout[-4000:] + done.stderr[-4000:])
     return root
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def _magma() -> np.ndarray:

@@ -80,7 +80,7 @@ def test_hard_kill_loses_only_unflushed_units(tmp_path):
     path = tmp_path / "killed"
     script = textwrap.dedent(f"""
         import os, sys
-        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
         sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
         from test_store import experiment, PARAMS
         from vlmnb.data.store import ResultStore
