@@ -42,9 +42,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from vlmnb.core.vocab import SPAN_NAMES
+from vlmnb.engine.record import Record
+from vlmnb.views import plots
+
 ASSETS = Path(__file__).resolve().parent / "explorer_assets"
 FORMAT_VERSION = 1
-SPAN_ORDER = ("system", "image", "query", "generated")
 
 # A word: letters/digits, with inner apostrophes or hyphens ("don't", "double-decker").
 WORD_PATTERN = re.compile(r"[^\W_]+(?:['\u2019\-][^\W_]+)*")
@@ -349,7 +352,7 @@ def export_data(source, geometry, *, text: str | None = None, offsets=None, mask
         "title": title,
         "text": text,
         "layers": keep_layers,
-        "spans": list(getattr(recording, "span_names", SPAN_ORDER)),
+        "spans": list(getattr(recording, "span_names", SPAN_NAMES)),
         "image_size": [int(x) for x in geometry.image_size],
         "display": list(size),
         "n_words": len(words),
@@ -461,8 +464,6 @@ def _static_png(image, geometry, data: dict, masks: dict | None) -> bytes:
     """The default selection as a small PNG (book style), for readers without JavaScript."""
     from matplotlib.figure import Figure
 
-    from vlmnb.views import plots
-
     decoded = decode_data(data)["attention"]
     state = data["state"]
     L = len(data["layers"])
@@ -547,8 +548,6 @@ def explore_sample(vlm, sample, prompt: str = "describe the image", max_new_toke
     ``masks``: object name -> mask, added to (and overriding) the sample's own masks.
     Other keyword arguments go to :func:`explore` (``layer``, ``window``, ``word``, ...).
     """
-    from vlmnb.engine.record import Record
-
     image = getattr(sample, "image", sample)
     inp = vlm.prepare(image, prompt=prompt)
     gen = vlm.generate(inp, max_new_tokens=max_new_tokens,

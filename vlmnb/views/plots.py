@@ -303,7 +303,7 @@ def knockout_panel_html(image, baseline: str, rows: list[dict], width: int = 160
         f1 = row.get("f1", float("nan"))
         parts.append(f"<tr><td><b>{html.escape(row['config'])}</b></td>"
                      f"<td>{highlight_html(row['text'], words)}"
-                     + (f"<br/><i>missed:</i> " + ", ".join(
+                     + ("<br/><i>missed:</i> " + ", ".join(
                          f'<span style="background:{HIGHLIGHT["missed"]};padding:0 2px">{html.escape(m)}</span>'
                          for m in missed) if missed else "")
                      + f"</td><td>F1 {f1:.2f}</td></tr>")

@@ -9,6 +9,7 @@ import pandas as pd
 
 from vlmnb.toy.curves import CURVE_COLUMNS, training_curves  # noqa: F401  (re-exported for the chapter)
 from vlmnb.toy.scenes import Scene
+from vlmnb.views import plots
 
 
 def show_scenes(scenes: list[Scene], masks: bool = True, ncols: int = 4, titles: list[str] | None = None):
@@ -77,8 +78,6 @@ def plot_training_curves(curves: pd.DataFrame | str | Path, title: str = ""):
     yes/no aspects against chance (ln 2). ``curves``: a :func:`training_curves` frame or its CSV
     (``training_curves.csv`` next to a checkpoint)."""
     import matplotlib.pyplot as plt
-
-    from vlmnb.views import plots
 
     if not isinstance(curves, pd.DataFrame):
         curves = pd.read_csv(curves)
