@@ -21,14 +21,14 @@ __version__ = "0.1.0"
 _EXPORTS = {
     # engine
     "load": "engine.vlm", "VLM": "engine.vlm", "Prepared": "engine.spans", "Generation": "engine.vlm",
-    "ModelNotAvailable": "engine.vlm", "Intervention": "engine.vlm",
-    "Spans": "engine.spans", "Geometry": "engine.spans",
+    "ModelNotAvailable": "engine.loading", "Intervention": "engine.intervention",
+    "Spans": "engine.spans", "Geometry": "engine.geometry",
     "Knockout": "engine.knockout", "from_layer": "engine.knockout", "outside": "engine.knockout",
     "Record": "engine.record", "Recording": "engine.record",
     "CompressedContext": "engine.compress",
     # judges, data, experiments, views
-    "compare": "judge", "JudgeResult": "judge", "LLMJudge": "judge",
-    "OfflineJudge": "judge", "ExactJudge": "judge",
+    "compare": "judge.resolve", "JudgeResult": "judge.result", "LLMJudge": "judge.llm",
+    "OfflineJudge": "judge.offline", "ExactJudge": "judge.exact",
     "ResultStore": "data.store",
     "bootstrap_ci": "experiments.stats",
     "explore": "views.explorer", "explore_sample": "views.explorer",

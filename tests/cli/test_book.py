@@ -9,7 +9,7 @@ import nbformat
 import pytest
 
 from vlmnb.cli import book
-from conftest import book_env
+from support import book_env
 
 
 def _notebook(path: Path, params: str, body: str) -> None:

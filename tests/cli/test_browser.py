@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ARTIFACTS, need_chromium
+from support import ARTIFACTS, need_chromium
 
 need_chromium()
 

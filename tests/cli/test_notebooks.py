@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import ROOT, book_env
+from support import ROOT, book_env
 
 pytestmark = pytest.mark.notebook
 

@@ -5,7 +5,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -76,3 +75,27 @@ def test_shard_store_sees_other_shards_units_as_done(tmp_path):
     assert len(merged) == 2 and "rank" not in merged.params
     with pytest.raises(FileNotFoundError, match="no shard stores"):
         sweep_cli.merge_shards(tmp_path / "nothing")
+
+
+def test_shard_store_runs_the_store_loop(tmp_path):
+    params = {"model": "m", "rank": 0, "world_size": 2}
+    with ResultStore(tmp_path / "shards" / "w002-r000", params) as first:
+        first.put({"image_id": "a"}, [{"metric": "m", "value": 1.0}])
+    with ResultStore(tmp_path / "shards" / "w002-r001", {**params, "rank": 1}) as own:
+        view = sweep_cli.ShardStore(own, [tmp_path / "shards" / "w002-r000"])
+        computed = []
+
+        def compute(image_id):
+            computed.append(image_id)
+            return [{"metric": "m", "value": 2.0}]
+
+        assert view.run([{"image_id": "a"}, {"image_id": "b"}], compute, progress=False) == 1
+        assert computed == ["b"] and view.has(image_id="a") and view.has(image_id="b")
+        with pytest.raises(ValueError, match="already"):
+            with view.unit(image_id="a"):
+                pass
+        with view.unit(image_id="c") as u:
+            u.add(metric="m", value=3.0)
+        assert sorted(view.frame().value) == [1.0, 2.0, 3.0]
+        assert view.path == own.path and view.params == own.params
+    assert sorted(u["image_id"] for u in ResultStore.open(tmp_path / "shards" / "w002-r001").done_keys()) == ["b", "c"]

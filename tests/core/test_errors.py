@@ -9,6 +9,6 @@ def test_model_not_available_renders_as_one_line(capsys, tmp_path, monkeypatch):
     shell.run_cell("import vlmnb\nvlm = vlmnb.load('nobody/no-such-model-xyz')")
     out = capsys.readouterr()
     text = (out.out + out.err).strip()
-    lines = [l for l in text.splitlines() if l.strip()]
+    lines = [line for line in text.splitlines() if line.strip()]
     assert len(lines) == 1, text
     assert lines[0].startswith("ModelNotAvailable:") and "no-such-model-xyz" in lines[0]

@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 
 from vlmnb import data
 from vlmnb.data import CocoResolver, coco_samples, download_coco, match_category
+from vlmnb.cli.data import cli_data
 
 ID_A, ID_B = 480122, 256941   # listed in the 2017 file (ID_A also in the 2014 one)
 ID_2014 = 5477                # listed only in the 2014 file
@@ -132,7 +133,7 @@ def test_resolver_finds_2017_and_2014_only_ids(coco_env):
 def test_resolver_stops_when_all_found(coco_env):
     resolver = CocoResolver(coco_env["ann"], ids=[ID_A])
     resolver.resolve()
-    assert [p.name for p in resolver._scanned] == ["instances_val2017.json"]
+    assert [p.name for p in resolver.scanned] == ["instances_val2017.json"]
 
 
 def test_masks_from_pycocotools_equal_the_drawn_shapes(coco_env):
@@ -229,10 +230,10 @@ def test_coco_samples(coco_env):
 
 
 def test_cli_coco(coco_env, capsys):
-    rc = data.cli_data(["coco", "--annotations", str(coco_env["ann"]), "--cache", str(coco_env["cache"]),
+    rc = cli_data(["coco", "--annotations", str(coco_env["ann"]), "--cache", str(coco_env["cache"]),
                         "--base-url", coco_env["base_url"], "--n", "0"])
     assert rc == 0 and "0 COCO images" in capsys.readouterr().out
-    rc = data.cli_data(["coco", "--annotations", str(coco_env["ann"] / "nope"), "--cache", str(coco_env["cache"])])
+    rc = cli_data(["coco", "--annotations", str(coco_env["ann"] / "nope"), "--cache", str(coco_env["cache"])])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error:") and "annotations_trainval2017.zip" in err
 

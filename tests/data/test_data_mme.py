@@ -9,6 +9,7 @@ from PIL import Image
 
 from vlmnb import data
 from vlmnb.data import MME_PERCEPTION, load_mme
+from vlmnb.cli.data import cli_data
 
 # what `datasets` records for lmms-lab/MME's features
 HF_FEATURES = {"info": {"features": {
@@ -114,9 +115,9 @@ def test_samples_and_images_entry_point(mme_dir):
 
 
 def test_cli_mme(mme_dir, tmp_path, capsys):
-    rc = data.cli_data(["mme", "--dir", str(mme_dir)])
+    rc = cli_data(["mme", "--dir", str(mme_dir)])
     out = capsys.readouterr()
     assert "8 questions on 4 images" in out.out
     assert rc == 1 and "perception categories missing" in out.err  # the fixture is not all of MME
-    assert data.cli_data(["mme", "--dir", str(tmp_path / "none")]) == 2
+    assert cli_data(["mme", "--dir", str(tmp_path / "none")]) == 2
     assert "lmms-lab/MME" in capsys.readouterr().err

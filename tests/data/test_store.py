@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from vlmnb.data.store import ResultStore, merge
+from vlmnb.data.store import ResultStore, is_store, list_parts, merge, part_units, unit_id
 
 PARAMS = {"model": "toy", "n_images": 6, "configs": ["a", "b"], "seed": 0}
 IMAGES = [f"img{i}" for i in range(6)]
@@ -170,6 +170,21 @@ def test_run_helper_skips_done(tmp_path):
         assert store.run(keys, compute, progress=False) == 1
         assert store.frame()["value"].tolist() == [1.0, 2.0, 3.0]
     assert seen == ["a", "bb", "ccc"]
+
+
+def test_the_part_files_name_their_units(tmp_path):
+    assert unit_id({"image_id": "a", "config": "c"}) == unit_id({"config": "c", "image_id": "a"})
+    with pytest.raises(TypeError, match="scalar"):
+        unit_id({"image_id": ["a"]})
+    assert not is_store(tmp_path / "s") and list_parts(tmp_path / "s") == []
+    with ResultStore(tmp_path / "s", {"p": 1}) as store:
+        store.put({"image_id": "a"}, [{"metric": "m", "value": 1.0}])
+        store.put({"image_id": "b"}, [])
+    assert is_store(tmp_path / "s")
+    parts = list_parts(tmp_path / "s")
+    assert len(parts) == 1
+    assert part_units(parts[0]) == [unit_id({"image_id": "a"}), unit_id({"image_id": "b"})]
+    assert sorted(map(unit_id, ResultStore.open(tmp_path / "s").done_keys())) == sorted(part_units(parts[0]))
 
 
 def test_merge_per_rank_stores(tmp_path):

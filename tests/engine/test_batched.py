@@ -14,6 +14,7 @@ from vlmnb.engine import batched  # noqa: E402
 from vlmnb.experiments import sweep  # noqa: E402
 from vlmnb.engine import tiny  # noqa: E402
 from vlmnb.engine.knockout import Knockout, from_layer  # noqa: E402
+from vlmnb.engine.record import Record  # noqa: E402
 from vlmnb.engine.vlm import VLM  # noqa: E402
 from vlmnb.data.store import ResultStore  # noqa: E402
 
@@ -82,7 +83,8 @@ def _reference(vlm, inp, row_knockouts, new=NEW):
 def test_rows_equal_single_runs_with_eos_at_different_steps(vlm):
     """Every sweep configuration (top-k included), rows ending at different lengths."""
     inp = vlm.prepare(_image(3))
-    baseline = vlm.generate(inp, max_new_tokens=NEW, record=sweep._baseline_record())
+    # the sweep's baseline record
+    baseline = vlm.generate(inp, max_new_tokens=NEW, record=Record(fractions=False, image_rows=True))
     attention = baseline.recording.image_rows.mean(axis=1)
     configs = _configs(vlm)
     rows = [c.knockouts(attention, inp.spans.image) for c in configs]
@@ -190,7 +192,8 @@ def test_interrupted_batched_sweep_resumes_without_loss_or_duplicates(vlm, tmp_p
 
 
 def test_image_batches_put_the_baseline_first_and_topk_after_it():
-    configs = sweep._sorted_configs(sweep.knockout_configs(4, stride=1) + sweep.topk_configs([0.1, 0.5])[1:])
+    # baseline first, then the knockouts, then top-k: the order a sweep runs them in
+    configs = sweep.knockout_configs(4, stride=1) + sweep.topk_configs([0.1, 0.5])[1:]
     batches = sweep.image_batches(configs, 4)
     assert batches[0][0].kind == "baseline"
     assert all(len(b) <= 4 for b in batches)
@@ -209,7 +212,7 @@ def test_preallocated_cache_layer_holds_what_concatenation_holds():
     first = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)
     grown.update(*first, layer_idx=0)
     concatenated.update(*first, layer_idx=0)
-    batched._preallocate(grown, capacity=7)
+    batched.preallocate(grown, capacity=7)
     assert type(grown.layers[0]).__name__ == "GrowingLayer"
     for n in (1, 1, 3):  # the third step outgrows the reserved room
         step = torch.randn(3, 2, n, 4), torch.randn(3, 2, n, 4)
@@ -275,8 +278,6 @@ def test_shared_cache_keeps_one_copy_of_the_prefix():
 
 
 def test_record_rows_records_only_those_rows(vlm):
-    from vlmnb.engine.record import Record
-
     inp = vlm.prepare(_image(5), prompt="describe the image")
     knockouts = [None, Knockout("image", "generated", layers=from_layer(1))]
     spec = Record(fractions=True, image_rows=True)
@@ -292,8 +293,6 @@ def test_record_rows_records_only_those_rows(vlm):
 @pytest.mark.parametrize("family", tiny.FAMILIES)
 def test_shared_prefix_rows_equal_single_runs_in_every_family(family):
     """The unexpanded shared prefix (and recording the baseline row only) in all nine families."""
-    from vlmnb.engine.record import Record
-
     model, processor = tiny.build(family)
     vlm = VLM(model, processor, name=f"tiny-{family}")
     inp = vlm.prepare(_image(1), prompt="describe the image")

@@ -180,10 +180,10 @@ def test_bad_arguments_and_state_restored(llava, image_pass):
         image_pass.compress(0.1, keep="image")
     with pytest.raises(ValueError, match="k="):
         compress(llava, _image(), k=0)
-    before = [cfg.__dict__.get("_attn_implementation_internal") for cfg in llava._all_configs()]
+    before = [cfg.__dict__.get("_attn_implementation_internal") for cfg in llava.all_configs()]
     ctx = image_pass.compress(0.25)
     ctx.ask(QUESTION, max_new_tokens=2)
-    after = [cfg.__dict__.get("_attn_implementation_internal") for cfg in llava._all_configs()]
+    after = [cfg.__dict__.get("_attn_implementation_internal") for cfg in llava.all_configs()]
     assert before == after and ATTENTION_NAME not in AttentionInterface._global_mapping
     with llava.intervene(knockout=Knockout("image", "generated")):
         with pytest.raises(RuntimeError, match="intervene"):

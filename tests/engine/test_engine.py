@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
@@ -11,76 +9,13 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import vlmnb  # noqa: E402
-from vlmnb.engine.vlm import VLM, ModelNotAvailable  # noqa: E402
-
-IMAGE_TOKEN = 99
-N_IMAGE = 16  # (32 / 8) ** 2 patches, CLS dropped
-
-
-
-def tiny_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
-    vocab.update({f"w{i}": i for i in range(3, IMAGE_TOKEN)})
-    vocab["<image>"] = IMAGE_TOKEN
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   additional_special_tokens=["<image>"])
-
-
-def tiny_llava(seed: int = 0, layers: int = 4, eager: bool = False):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
-
-    torch.manual_seed(seed)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=32, patch_size=8, projection_dim=32)
-    text = LlamaConfig(vocab_size=IMAGE_TOKEN + 1, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                       pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN,
-                         vision_feature_layer=-1, vision_feature_select_strategy="default",
-                         attn_implementation="eager" if eager else "sdpa")
-    model = LlavaForConditionalGeneration(config).eval()
-    # scale up the random weights a little so attention is far from uniform
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "q_proj" in name or "k_proj" in name:
-                p.mul_(4.0)
-    model.generation_config.eos_token_id = None  # fixed-length generations
-    model.generation_config.pad_token_id = 0
-    return model
-
-
-def tiny_vlm(seed: int = 0, layers: int = 4, eager: bool = False) -> VLM:
-    return VLM(tiny_llava(seed, layers, eager), tiny_tokenizer(), name="tiny-llava", family="llava")
-
-
-class FakeSpans(SimpleNamespace):
-    """Stands in for vlmnb.engine.spans.Spans (same attributes and positions())."""
-
-    def positions(self, name):
-        return getattr(self, name)
-
-
-def make_input(system=(1, 5, 6), query=(7, 8, 9), image_seed: int = 0):
-    """A Prepared-like input: input_ids with the image placeholder, pixel values, spans."""
-    ids = list(system) + [IMAGE_TOKEN] * N_IMAGE + list(query)
-    input_ids = torch.tensor([ids])
-    g = torch.Generator().manual_seed(image_seed)
-    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
-              "pixel_values": torch.randn(1, 3, 32, 32, generator=g)}
-    s = len(system)
-    spans = FakeSpans(system=np.arange(0, s), image=np.arange(s, s + N_IMAGE),
-                      query=np.arange(s + N_IMAGE, len(ids)), generated=np.arange(0))
-    return SimpleNamespace(inputs=inputs, spans=spans, input_ids=input_ids)
-
+from vlmnb.core.images import load_image  # noqa: E402
+from vlmnb.engine import attention  # noqa: E402
+from vlmnb.engine.loading import ModelNotAvailable  # noqa: E402
+from vlmnb.engine.vlm import append_tokens  # noqa: E402
 
 @pytest.fixture(scope="module")
-def vlm():
+def vlm(tiny_vlm):
     return tiny_vlm()
 
 
@@ -92,20 +27,19 @@ def _logits(vlm, inp, cont=(), **kw):
 def _state(vlm):
     """Everything an intervention may touch, to compare before/after."""
     from transformers import AttentionInterface, AttentionMaskInterface
-    from vlmnb.engine import vlm as models
 
     return (
-        [(id(c), c.__dict__.get("_attn_implementation_internal")) for c in vlm._all_configs()],
+        [(id(c), c.__dict__.get("_attn_implementation_internal")) for c in vlm.all_configs()],
         sorted(AttentionInterface._global_mapping), sorted(AttentionMaskInterface._global_mapping),
-        dict(models._ACTIVE), len(vlm._decoder._forward_pre_hooks), vlm._active,
+        attention.handlers(), len(vlm.decoder._forward_pre_hooks), vlm.active,
         sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in vlm.model.modules()),
     )
 
 
 # ----------------------------------------------------------------------------- exactness
-def test_empty_knockout_equals_model_sdpa(vlm):
+def test_empty_knockout_equals_model_sdpa(vlm, make_input):
     inp = make_input()
-    inputs = vlm._to_device(dict(inp.inputs))
+    inputs = vlm.to_device(dict(inp.inputs))
     with torch.no_grad():
         own = vlm.model(**inputs).logits
     assert vlm.model.config.text_config._attn_implementation == "sdpa"
@@ -123,11 +57,9 @@ def test_empty_knockout_equals_model_sdpa(vlm):
     assert (changed - own).abs().max().item() > 1e-3
 
 
-def test_from_layer_leaves_earlier_layers_and_image_prefix_bit_identical(vlm):
-    from vlmnb.engine.vlm import _append_tokens
-
+def test_from_layer_leaves_earlier_layers_and_image_prefix_bit_identical(vlm, make_input):
     inp = make_input()
-    full = _append_tokens(vlm._to_device(dict(inp.inputs)), torch.tensor([[10, 11, 12, 13]]))
+    full = append_tokens(vlm.to_device(dict(inp.inputs)), torch.tensor([[10, 11, 12, 13]]))
     with torch.no_grad():
         base = vlm.model(**full, output_hidden_states=True).hidden_states
     last_image = int(inp.spans.image[-1])
@@ -142,7 +74,7 @@ def test_from_layer_leaves_earlier_layers_and_image_prefix_bit_identical(vlm):
         assert not torch.equal(hidden[start + 1], base[start + 1])
 
 
-def test_image_knockout_removes_dependence_on_pixels(vlm):
+def test_image_knockout_removes_dependence_on_pixels(vlm, make_input):
     a, b = make_input(image_seed=1), make_input(image_seed=2)
     cont = [10, 11, 12, 13, 14]
     P = a.input_ids.shape[1]
@@ -161,7 +93,7 @@ def test_image_knockout_removes_dependence_on_pixels(vlm):
     assert torch.equal(go_a[:, P - 1], plain_a[:, P - 1])
 
 
-def test_cached_uncached_and_teacher_forced_agree(vlm):
+def test_cached_uncached_and_teacher_forced_agree(vlm, make_input):
     inp = make_input()
     P = inp.input_ids.shape[1]
     kos = [vlmnb.Knockout("image", ("query", "generated"), vlmnb.from_layer(1)),
@@ -181,7 +113,7 @@ def test_cached_uncached_and_teacher_forced_agree(vlm):
     assert np.all(cached.recording.fractions[0, :, 1] > 0)
 
 
-def test_left_padded_batch_equals_per_sample(vlm):
+def test_left_padded_batch_equals_per_sample(vlm, make_input):
     inputs = [make_input(image_seed=1), make_input(system=(1, 5, 6, 20, 21, 22, 23), query=(7, 30), image_seed=2)]
     ko = vlmnb.Knockout("image", "generated", vlmnb.from_layer(2))
     rec = vlmnb.Record(image_rows=True)
@@ -213,7 +145,7 @@ def _fractions_from_attentions(attentions, spans, prompt):
     return np.stack(steps, axis=1)  # (layers, steps, 4)
 
 
-def test_recorded_fractions_match_eager_output_attentions(vlm):
+def test_recorded_fractions_match_eager_output_attentions(vlm, make_input, tiny_llava):
     inp = make_input()
     P = inp.input_ids.shape[1]
     eager = tiny_llava(eager=True)  # same seed: same weights, eager attention
@@ -242,7 +174,7 @@ def test_recorded_fractions_match_eager_output_attentions(vlm):
     np.testing.assert_allclose(rec.image_attention(layers=[1]), image_ref[1].mean(0), atol=1e-5)
 
 
-def test_record_subset_of_layers_and_generation_offsets(vlm):
+def test_record_subset_of_layers_and_generation_offsets(vlm, make_input):
     inp = make_input()
     out = vlm.generate(inp, 5, record=vlmnb.Record(layers=vlmnb.from_layer(2)))
     assert out.recording.layers == (2, 3) and out.recording.image_rows is None
@@ -260,7 +192,7 @@ def test_record_subset_of_layers_and_generation_offsets(vlm):
 
 
 # ----------------------------------------------------------------------------- restoring and errors
-def test_context_exit_restores_model_exactly(vlm):
+def test_context_exit_restores_model_exactly(vlm, make_input):
     inp = make_input()
     before = _state(vlm)
     ref = _logits(vlm, inp)
@@ -285,7 +217,7 @@ def test_context_exit_restores_model_exactly(vlm):
     (lambda: vlmnb.Knockout("query", "query"), None),  # legal: query tokens still see system/image
     (lambda: vlmnb.Knockout([30], "generated"), "beyond the sequence"),
 ])
-def test_bad_knockouts_fail_before_running(vlm, make, message):
+def test_bad_knockouts_fail_before_running(vlm, make, message, make_input):
     inp = make_input()
     before = _state(vlm)
     if message is None:
@@ -296,7 +228,7 @@ def test_bad_knockouts_fail_before_running(vlm, make, message):
     assert _state(vlm) == before
 
 
-def test_bad_specs_and_inputs_give_clear_errors(vlm):
+def test_bad_specs_and_inputs_give_clear_errors(vlm, make_input):
     with pytest.raises(ValueError, match="unknown span"):
         vlmnb.Knockout("images", "generated")
     with pytest.raises(TypeError, match="integers"):
@@ -329,7 +261,7 @@ def test_load_unknown_model_offline_is_one_clear_line(monkeypatch, tmp_path):
         vlmnb.load(tmp_path)
 
 
-def test_load_local_folder_roundtrip(vlm, tmp_path):
+def test_load_local_folder_roundtrip(vlm, tmp_path, make_input, image_token):
     from transformers import CLIPImageProcessor, LlavaProcessor
 
     vlm.model.save_pretrained(tmp_path)
@@ -338,27 +270,25 @@ def test_load_local_folder_roundtrip(vlm, tmp_path):
                    image_token="<image>").save_pretrained(tmp_path)
     loaded = vlmnb.load(tmp_path)
     assert loaded.family == "llava" and loaded.num_layers == vlm.num_layers
-    assert loaded.image_token_id == IMAGE_TOKEN and str(loaded.device) == "cpu"
+    assert loaded.image_token_id == image_token and str(loaded.device) == "cpu"
     inp = make_input()
     assert torch.equal(_logits(loaded, inp), _logits(vlm, inp))
 
 
 def test_image_loading_errors(tmp_path):
-    from vlmnb.engine.vlm import _load_image
-
     bad = tmp_path / "x.png"
     bad.write_bytes(b"not an image")
     with pytest.raises(ValueError, match="cannot read"):
-        _load_image(bad)
+        load_image(bad)
     with pytest.raises(FileNotFoundError):
-        _load_image(tmp_path / "missing.png")
+        load_image(tmp_path / "missing.png")
     with pytest.raises(ValueError, match="shape"):
-        _load_image(np.zeros((2, 3, 4, 5)))
-    img = _load_image(np.random.default_rng(0).random((8, 6, 3)))
+        load_image(np.zeros((2, 3, 4, 5)))
+    img = load_image(np.random.default_rng(0).random((8, 6, 3)))
     assert img.size == (6, 8) and img.mode == "RGB"
 
 
-def test_static_cache_and_beam_search_guard(vlm):
+def test_static_cache_and_beam_search_guard(vlm, make_input):
     inp = make_input()
     ko = vlmnb.Knockout("image", ("query", "generated"), vlmnb.from_layer(1))
     rec = vlmnb.Record(image_rows=True)

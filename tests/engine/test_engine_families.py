@@ -44,7 +44,7 @@ def test_family_invariants(family_vlm):
     assert vlm.family in tiny.FAMILIES
     a, b = vlm.prepare(_image(1)), vlm.prepare(_image(2))
     P = a.input_ids.shape[1]
-    inputs = vlm._to_device(dict(a.inputs))
+    inputs = vlm.to_device(dict(a.inputs))
     with torch.no_grad():
         own = vlm.model(**inputs).logits
     # nothing blocked: exactly the model's own SDPA run
@@ -81,7 +81,7 @@ def test_family_hidden_states_and_recording_vs_eager(family_vlm):
     P = inp.input_ids.shape[1]
     # from_layer(last): hidden states entering layers <= last unchanged; image prefix unchanged
     last = vlm.num_layers - 1
-    inputs = vlm._to_device(dict(inp.inputs))
+    inputs = vlm.to_device(dict(inp.inputs))
     with torch.no_grad():
         base = vlm.model(**inputs, output_hidden_states=True).hidden_states
     ko = vlmnb.Knockout("image", ("query", "generated"), vlmnb.from_layer(last))
@@ -138,7 +138,7 @@ def test_gemma3_sliding_window_positions():
     small.load_state_dict(model.state_dict())
     small.generation_config = model.generation_config
     vlm = VLM(small, processor, name="tiny-gemma3-window6")
-    assert 6 in vlm._layer_windows()
+    assert 6 in vlm.layer_windows()
     inp = vlm.prepare(_image(6))
     P = inp.input_ids.shape[1]
     ko = vlmnb.Knockout("query", "generated", [0])
@@ -150,7 +150,7 @@ def test_gemma3_sliding_window_positions():
     np.testing.assert_allclose(uncached.recording.fractions, cached.recording.fractions, atol=1e-5)
     np.testing.assert_allclose(forced.fractions, cached.recording.fractions, atol=1e-5)
     # in the sliding layer, late generated tokens see only the last 6 positions (no image)
-    window_layer = vlm._layer_windows().index(6)
+    window_layer = vlm.layer_windows().index(6)
     assert np.all(cached.recording.fractions[window_layer, 6:, 1] == 0)
     # the window makes a knockout of query+generated empty a generated row: rejected up front
     with pytest.raises(ValueError, match="every key"):

@@ -3,38 +3,38 @@ whose boxes cover a painted region are exactly the image tokens whose embeddings
 from __future__ import annotations
 
 import copy
-import functools
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 from vlmnb.engine import spans as S
 from vlmnb.engine import tiny
 
-FAMILIES = [f for f in tiny.FAMILIES if f in tiny._BUILDERS]
+FAMILIES = list(tiny.FAMILIES)
 
 
-@functools.lru_cache(maxsize=None)
-def built(family):
-    return tiny.build(family, seed=0)
+@pytest.fixture(scope="module")
+def prep(built):
+    """Function ``(family, image, prompt)``: the prepared input of ``family``'s tiny model."""
+    def prepare(family, image, prompt="describe the image"):
+        model, processor = built(family)
+        return S.prepare(model, processor, image, prompt)
+    return prepare
 
 
-def noise(width, height, seed=0):
-    rng = np.random.RandomState(seed)
-    return Image.fromarray((rng.rand(height, width, 3) * 255).astype(np.uint8))
-
-
-def prep(family, image, prompt="describe the image"):
-    model, processor = built(family)
-    return S.prepare(model, processor, image, prompt)
+@pytest.fixture(scope="module")
+def local_copy(built, make_local):
+    """Function ``family -> (model, processor)``: a copy of the tiny model, made local."""
+    def copy_of(family):
+        model, processor = built(family)
+        return make_local(copy.deepcopy(model)), processor
+    return copy_of
 
 
 # ----------------------------------------------------------------------------- known boxes
 
 
-def test_llava_token0_is_top_left_patch_of_the_center_crop():
+def test_llava_token0_is_top_left_patch_of_the_center_crop(prep, noise):
     # 64x40 -> shortest edge 32 -> 51x32 (int(32 * 64 / 40) = 51) -> center crop 32x32 at x = 9
     p = prep("llava", noise(64, 40))
     g = p.geometry
@@ -49,14 +49,14 @@ def test_llava_token0_is_top_left_patch_of_the_center_crop():
     assert g.token_at(int(9 * sx) + 1, 1) == [0]
 
 
-def test_llava_pads_before_crop_when_the_image_is_small():
+def test_llava_pads_before_crop_when_the_image_is_small(prep, noise):
     # 20x12: shortest edge 12 -> 32, long side int(32 * 20 / 12) = 53; crop at x = 10
     p = prep("llava", noise(20, 12))
     sx = 20 / 53
     assert np.allclose(p.geometry.boxes[0][[0, 2]], [10 * sx, 18 * sx])
 
 
-def test_qwen_dynamic_grid_boxes():
+def test_qwen_dynamic_grid_boxes(prep, noise):
     # 60x44: smart_resize to multiples of 8 -> 64x48 (round(7.5) = 8, round(5.5) = 6 columns/rows)
     for family in ("qwen2_vl", "qwen2_5_vl"):
         p = prep(family, noise(60, 44))
@@ -73,7 +73,7 @@ def test_qwen_dynamic_grid_boxes():
         assert np.isnan(g.boxes[0]).all() and np.isnan(g.boxes[-1]).all()
 
 
-def test_llava_next_base_square_and_unpadded_highres_grid():
+def test_llava_next_base_square_and_unpadded_highres_grid(prep, noise, built):
     # 56x40: base picture is a non-uniform 32x32 resize; best resolution 64x64 (2x2 tiles): the image
     # is resized to 64x46 and padded by 9 rows on top; the 8x8 token grid loses one row top and bottom
     p = prep("llava_next", noise(56, 40))
@@ -81,7 +81,10 @@ def test_llava_next_base_square_and_unpadded_highres_grid():
     base, high = g.view("base"), g.view("highres")
     assert (base.rows, base.cols, high.rows, high.cols) == (4, 4, 6, 8)
     assert np.allclose(g.boxes[base.tokens[0, 0]], [0, 0, 14, 10])
-    to_y = lambda v: (v - 9) * 40 / 46
+
+    def to_y(v):
+        return (v - 9) * 40 / 46
+
     assert np.allclose(g.boxes[high.tokens[0, 0]], [0, 0, 7, to_y(16)])
     assert np.allclose(g.boxes[high.tokens[2, 3]], [21, to_y(24), 28, to_y(32)])
     assert np.allclose(g.boxes[high.tokens[5, 7]], [49, to_y(48), 56, 40])
@@ -94,7 +97,7 @@ def test_llava_next_base_square_and_unpadded_highres_grid():
     assert np.isnan(g.boxes).any(axis=1).sum() == high.rows
 
 
-def test_llava_onevision_pooled_grid():
+def test_llava_onevision_pooled_grid(prep, noise):
     # 96x96 picks a 3x3 tiling: 12x12 tokens, more than anyres_max_4 allows, pooled to 8x8
     p = prep("llava_onevision", noise(96, 96))
     g = p.geometry
@@ -104,7 +107,7 @@ def test_llava_onevision_pooled_grid():
     assert np.allclose(g.boxes[g.view("base").tokens[1, 2]], [48, 24, 72, 48])
 
 
-def test_internvl_tiles_and_thumbnail():
+def test_internvl_tiles_and_thumbnail(prep, noise):
     # 56x40 -> 3 columns x 2 rows of 32px tiles on a 96x64 canvas, then a 32x32 thumbnail
     p = prep("internvl", noise(56, 40))
     g = p.geometry
@@ -130,7 +133,7 @@ def test_internvl_tiles_and_thumbnail():
 
 
 @pytest.mark.parametrize("family", ["idefics3", "smolvlm"])
-def test_idefics3_crops_and_global(family):
+def test_idefics3_crops_and_global(family, prep, noise, built):
     # 56x40 -> 64x46 (longest edge 64, even height) -> 64x64 (multiples of 32) -> 2x2 crops + global
     p = prep(family, noise(56, 40))
     g = p.geometry
@@ -150,7 +153,7 @@ def test_idefics3_crops_and_global(family):
     assert ids[0] == ids[-1] == tok.convert_tokens_to_ids("<fake_token_around_image>")
 
 
-def test_gemma3_square_resize_and_pooled_tokens():
+def test_gemma3_square_resize_and_pooled_tokens(prep, noise, built):
     p = prep("gemma3", noise(56, 40))
     g = p.geometry
     assert np.allclose(g.boxes[1 + 5], [14, 10, 28, 20])  # token (1, 1) after <start_of_image>
@@ -167,7 +170,7 @@ def test_gemma3_square_resize_and_pooled_tokens():
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("size", [(56, 40), (30, 70)])
-def test_boxes_inside_image_and_views_consistent(family, size):
+def test_boxes_inside_image_and_views_consistent(family, size, prep, noise):
     p = prep(family, noise(*size))
     g = p.geometry
     W, H = size
@@ -199,7 +202,7 @@ def test_boxes_inside_image_and_views_consistent(family, size):
         assert set(hits) & set(overview.token_indices), (x, y)
 
 
-def test_geometry_helpers():
+def test_geometry_helpers(prep, noise):
     p = prep("llava", noise(32, 32))
     g = p.geometry
     values = np.arange(len(g.boxes), dtype=float)
@@ -219,99 +222,26 @@ def test_geometry_helpers():
 # ----------------------------------------------------------------------------- painted square, end to end
 
 
-def make_local(model):
-    """Zero every linear map inside the vision encoder's transformer layers (in place): the
-    residual layers become the identity, so each image feature depends only on its own patches
-    (patch embedding, merging, pooling and projection stay as they are)."""
-    emptied = 0
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and ("vision" in name or "visual" in name) \
-                and name.rsplit(".", 1)[-1] in ("layers", "layer", "blocks"):
-            for sub in module.modules():
-                if isinstance(sub, torch.nn.Linear):
-                    torch.nn.init.zeros_(sub.weight)
-                    if sub.bias is not None:
-                        torch.nn.init.zeros_(sub.bias)
-            emptied += 1
-    assert emptied == 1, f"expected one vision layer list, found {emptied}"
-    return model
-
-
-def _local_copy(family):
-    model, processor = built(family)
-    return make_local(copy.deepcopy(model)), processor
-
-
-def _image_rows(model, prepared):
-    """The embeddings the language model receives at the image-span positions."""
-    captured = {}
-    lm = getattr(model.model, "language_model", None) or model.model.text_model
-
-    def hook(module, args, kwargs):
-        captured["embeds"] = kwargs["inputs_embeds"].detach().clone()
-
-    handle = lm.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            model(**prepared.inputs)
-    finally:
-        handle.remove()
-    return captured["embeds"][0, prepared.spans.image].numpy()
-
-
 PAINT_CASES = [((56, 40), (4, 4, 40, 16)), ((96, 96), (60, 8, 92, 40)),
                pytest.param((40, 72), (24, 40, 40, 72), marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("size,rect", PAINT_CASES)
-def test_painted_region_changes_exactly_the_tokens_that_cover_it(family, size, rect):
-    model, processor = _local_copy(family)
+def test_painted_region_changes_exactly_the_tokens_that_cover_it(family, size, rect, local_copy,
+                                                                 assert_paint_localised):
+    model, processor = local_copy(family)
     assert_paint_localised(model, processor, size, rect)
-
-
-def assert_paint_localised(model, processor, size, rect):
-    """Paint ``rect`` of a flat ``size`` image: the image tokens whose boxes cover the paint must
-    change, those well away from it must not (``model`` must be local, see :func:`make_local`)."""
-    W, H = size
-    base = np.full((H, W, 3), 120, dtype=np.uint8)
-    painted = base.copy()
-    x0, y0, x1, y1 = rect
-    painted[y0:y1, x0:x1] = (250, 10, 30)
-    a = S.prepare(model, processor, Image.fromarray(base), "describe the image")
-    b = S.prepare(model, processor, Image.fromarray(painted), "describe the image")
-    assert np.array_equal(a.spans.image, b.spans.image)
-    change = np.abs(_image_rows(model, a) - _image_rows(model, b)).max(axis=1)
-    changed = change > 1e-5
-    # resampling kernels (bicubic, Lanczos) leave faint ringing a few pixels beyond the paint
-    changed_clearly = change > 0.05 * change.max()
-    g = a.geometry
-    boxes = g.boxes
-    has = g.has_box
-    # resampling filters spread the paint by a few processed pixels: allow a margin of a quarter
-    # token around the rectangle
-    w = boxes[:, 2] - boxes[:, 0]
-    h = boxes[:, 3] - boxes[:, 1]
-    with np.errstate(invalid="ignore"):
-        overlap_x = np.minimum(boxes[:, 2], x1) - np.maximum(boxes[:, 0], x0)
-        overlap_y = np.minimum(boxes[:, 3], y1) - np.maximum(boxes[:, 1], y0)
-        covers = has & (overlap_x > w / 4) & (overlap_y > h / 4)
-        far = has & ((overlap_x < -w / 4) | (overlap_y < -h / 4))
-    assert covers.sum() > 0 and far.sum() > 0
-    assert changed[covers].all(), f"tokens covering the paint did not change: {np.flatnonzero(covers & ~changed)}"
-    assert not changed_clearly[far].any(), f"tokens away from the paint changed: {np.flatnonzero(far & changed_clearly)}"
-    # structure tokens (markers, newlines) never depend on the pixels
-    assert not changed[~has].any()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
-def test_pil_backend_processors_share_the_geometry(family):
+def test_pil_backend_processors_share_the_geometry(family, local_copy, assert_paint_localised):
     """The PIL-backend image processors (``...ImageProcessorPil``) resize and crop like the
     torchvision ones, so the same geometry holds for them."""
     import transformers
 
-    model, processor = _local_copy(family)
+    model, processor = local_copy(family)
     processor = copy.deepcopy(processor)
     ip = processor.image_processor
     pil_class = getattr(transformers, type(ip).__name__ + "Pil")

@@ -7,7 +7,6 @@ image-token count for images of many shapes, with every box inside the image."""
 from __future__ import annotations
 
 import copy
-import functools
 
 import numpy as np
 import pytest
@@ -17,17 +16,12 @@ from vlmnb.engine import spans as S
 from vlmnb.engine import tiny
 
 
-@functools.lru_cache(maxsize=None)
-def built(family):
-    return tiny.build(family, seed=0)
-
-
 def _vision(config, image_size, patch):
     config.vision_config.image_size = image_size
     config.vision_config.patch_size = patch
 
 
-def real_sized(family):
+def real_sized(built, family):
     """(config, processor) with the reference checkpoint's image settings."""
     import transformers as T
 
@@ -93,8 +87,8 @@ SHAPES = [(640, 480), (300, 1000), (1000, 300), (50, 50), (333, 777)]
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", tiny.FAMILIES)
-def test_reference_sizes_token_counts_and_boxes(family):
-    config, proc = real_sized(family)
+def test_reference_sizes_token_counts_and_boxes(family, built):
+    config, proc = real_sized(built, family)
     rng = np.random.RandomState(0)
     for W, H in SHAPES:
         image = Image.fromarray((rng.rand(H, W, 3) * 255).astype(np.uint8))
@@ -110,15 +104,13 @@ def test_reference_sizes_token_counts_and_boxes(family):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", tiny.FAMILIES)
-def test_reference_sizes_painted_region_end_to_end(family):
+def test_reference_sizes_painted_region_end_to_end(family, built, make_local, assert_paint_localised):
     """A random model at the checkpoint's image sizes (tiny widths): the tokens whose boxes cover a
     painted region are the image tokens whose embeddings change."""
     import torch
     import transformers as T
 
-    from test_geometry import assert_paint_localised, make_local
-
-    config, proc = real_sized(family)
+    config, proc = real_sized(built, family)
     model_class = getattr(T, type(built(family)[0]).__name__)
     torch.manual_seed(0)
     model = make_local(model_class(config).eval())

@@ -7,13 +7,11 @@ import torch
 
 import vlmnb
 from vlmnb.engine.knockout import Knockout, KnockoutPlan, RowLayout, resolve_layers
-
-from test_engine import FakeSpans, make_input, tiny_vlm  # noqa: F401  (shared tiny model helpers)
-
+from vlmnb.engine.spans import Spans
 
 
 @pytest.fixture(scope="module")
-def vlm():
+def vlm(tiny_vlm):
     return tiny_vlm(seed=1)
 
 
@@ -35,7 +33,7 @@ def test_layer_selections():
 
 
 def _spans():
-    return FakeSpans(system=np.arange(0, 2), image=np.arange(2, 6), query=np.arange(6, 8), generated=np.arange(0))
+    return Spans(system=np.arange(0, 2), image=np.arange(2, 6), query=np.arange(6, 8), generated=np.arange(0))
 
 
 def test_plan_blocks_exactly_src_keys_for_dst_queries():
@@ -63,7 +61,7 @@ def test_plan_left_padding_shifts_positions_and_composes():
     assert b1.sum() == 2 * 4
 
 
-def test_per_layer_sources_block_different_keys(vlm):
+def test_per_layer_sources_block_different_keys(vlm, make_input):
     inp = make_input()
     image = inp.spans.image
     keep = {0: image[:4], 1: image[:8], 2: image[:12], 3: image}  # layer 3 keeps every image token
@@ -82,7 +80,7 @@ def test_per_layer_sources_block_different_keys(vlm):
     assert torch.equal(by_name, by_pos)
 
 
-def test_composed_knockouts_equal_their_union(vlm):
+def test_composed_knockouts_equal_their_union(vlm, make_input):
     inp = make_input()
     cont = [10, 11, 12]
     a = Knockout("image", ("query", "generated"), [0, 1])

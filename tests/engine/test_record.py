@@ -3,21 +3,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-import vlmnb
 from vlmnb.engine.record import Record, Recording
-
-from test_engine import make_input, tiny_vlm
-
 
 
 @pytest.fixture(scope="module")
-def vlm():
+def vlm(tiny_vlm):
     return tiny_vlm(seed=2)
 
 
-def test_row_i_is_the_step_that_produced_token_i(vlm):
+def test_row_i_is_the_step_that_produced_token_i(vlm, make_input):
     inp = make_input()
     P = inp.input_ids.shape[1]
     out = vlm.generate(inp, 5, record=Record())
@@ -34,7 +29,7 @@ def test_row_i_is_the_step_that_produced_token_i(vlm):
     assert np.all(out.recording.fractions[:, 0, 3] == 0) and np.all(out.recording.fractions[:, 1:, 3] > 0)
 
 
-def test_rows_trimmed_at_end_of_sequence_in_a_batch(vlm):
+def test_rows_trimmed_at_end_of_sequence_in_a_batch(vlm, make_input):
     inputs = [make_input(image_seed=0), make_input(system=(1, 5, 6, 20), image_seed=2)]
     free = vlm.generate(inputs, 6, record=Record())
     ids = free[0].token_ids
@@ -73,7 +68,7 @@ def test_recording_helpers_and_validation():
     np.testing.assert_allclose(rec.image_attention(steps=slice(0, 1)), rows[:, 0].mean(0))
 
 
-def test_record_rejects_bad_layers(vlm):
+def test_record_rejects_bad_layers(vlm, make_input):
     with pytest.raises(ValueError, match="out of range"):
         vlm.generate(make_input(), 2, record=Record(layers=[7]))
     with pytest.raises(TypeError, match="vlmnb.Record"):

@@ -2,30 +2,18 @@
 query text, rendering rules and errors."""
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
-from PIL import Image
 
+from vlmnb.engine import families
 from vlmnb.engine import spans as S
 from vlmnb.engine import tiny
 
-FAMILIES = [f for f in tiny.FAMILIES if f in tiny._BUILDERS]
-
-
-@functools.lru_cache(maxsize=None)
-def built(family):
-    return tiny.build(family, seed=0)
-
-
-def noise(width, height, seed=0):
-    rng = np.random.RandomState(seed)
-    return Image.fromarray((rng.rand(height, width, 3) * 255).astype(np.uint8))
+FAMILIES = list(tiny.FAMILIES)
 
 
 @pytest.fixture(params=FAMILIES)
-def prepared(request):
+def prepared(request, built, noise):
     model, processor = built(request.param)
     return S.prepare(model, processor, noise(56, 40), "describe the red circle"), model, processor
 
@@ -49,7 +37,7 @@ def test_image_span_is_image_tokens_plus_structure(prepared):
     # every image token is inside the image span, none outside it
     assert (ids == img_id).sum() == (image_ids == img_id).sum()
     # the span starts and ends with an image token or a family marker
-    markers = S._marker_ids(prep.family, model.config, processor)
+    markers = families.get(prep.family).marker_ids(model.config, processor)
     assert image_ids[0] in markers | {img_id} and image_ids[-1] in markers | {img_id}
     # non-image-token positions of the span are structure tokens without a box
     structure = image_ids != img_id
@@ -106,7 +94,7 @@ def test_spans_helpers():
         s.positions("images")
 
 
-def test_detect_family_names_supported_list():
+def test_detect_family_names_supported_list(built):
     model, _ = built("llava")
     assert S.detect_family(model.config) == "llava"
 
@@ -117,7 +105,7 @@ def test_detect_family_names_supported_list():
         S.detect_family(Config())
 
 
-def test_prompt_without_image_token_is_a_clear_error():
+def test_prompt_without_image_token_is_a_clear_error(built, noise):
     model, processor = built("llava")
     text_only = "{% for m in messages %}USER: {% for p in m['content'] if p['type'] == 'text' %}{{ p['text'] }}{% endfor %}{% endfor %} ASSISTANT:"
     saved = processor.chat_template
@@ -131,14 +119,14 @@ def test_prompt_without_image_token_is_a_clear_error():
         S.compute_spans([1, 2, 3], image_token=9)
 
 
-def test_preformatted_prompt_is_used_verbatim():
+def test_preformatted_prompt_is_used_verbatim(built, noise):
     model, processor = built("llava")
     prep = S.prepare(model, processor, noise(32, 32), "USER: <image>\nWhat is this? ASSISTANT:")
     assert prep.text == "USER: <image>\nWhat is this? ASSISTANT:"
     assert "What is this?" in processor.tokenizer.decode(prep.input_ids[0, prep.spans.query])
 
 
-def test_image_path_and_array_inputs(tmp_path):
+def test_image_path_and_array_inputs(tmp_path, built, noise):
     model, processor = built("llava")
     img = noise(40, 30)
     img.save(tmp_path / "a.png")
@@ -150,7 +138,7 @@ def test_image_path_and_array_inputs(tmp_path):
         S.prepare(model, processor, tmp_path / "missing.png", "describe")
 
 
-def test_fallback_prompt_without_chat_template():
+def test_fallback_prompt_without_chat_template(built, noise):
     model, processor = built("qwen2_vl")
     saved = processor.chat_template
     try:
@@ -163,7 +151,7 @@ def test_fallback_prompt_without_chat_template():
     assert "what colour is it" in processor.tokenizer.decode(prep.input_ids[0, prep.spans.query])
 
 
-def test_to_casts_floating_inputs_only():
+def test_to_casts_floating_inputs_only(built, noise):
     import torch
 
     model, processor = built("llava")

@@ -18,7 +18,7 @@ from vlmnb.data import CocoResolver, Sample
 from vlmnb.judge import score
 from vlmnb.engine.spans import Geometry, View
 
-FAMILIES = [f for f in tiny.FAMILIES if f in tiny._BUILDERS]
+FAMILIES = list(tiny.FAMILIES)
 
 
 @functools.lru_cache(maxsize=None)
@@ -101,13 +101,13 @@ def test_fine_details_are_baseline_objects_lost_under_img_to_gen():
 
 
 def test_locate_ties_a_multi_token_plural_to_its_tokens():
-    from vlmnb.engine.vlm import Generation, _token_offsets
+    from vlmnb.engine.vlm import Generation, token_offsets
 
     _, processor = built("llava")
     tok = processor.tokenizer
     text_in = "there are two bicycles near a small dog and a bicycle"
     ids = tok(text_in, add_special_tokens=False)["input_ids"]
-    text, offsets = _token_offsets(tok, ids)
+    text, offsets = token_offsets(tok, ids)
     gen = Generation(text=text, token_ids=ids, tokens=[text[s:e] for s, e in offsets], offsets=offsets, spans=None)
     first = L.locate(gen, "img", "bicycle", 0)
     start = text.index("bicycles")
@@ -457,10 +457,10 @@ def test_replay_records_the_same_rows_as_generation():
     vlm = VLM(build_model(seed=1), build_processor(), name="toy-random")
     inp = vlm.prepare(toy_samples(1)[0].image)
     gen = vlm.generate(inp, max_new_tokens=10, record=Record(fractions=False, image_rows=True))
-    replay = L._replay(vlm, inp, gen.text)
+    replay = L.replay(vlm, inp, gen.text)
     assert replay is not None and replay.text == gen.text
     n = len(replay.token_ids)
     assert replay.token_ids == gen.token_ids[:n]
     assert np.allclose(replay.recording.image_rows, gen.recording.image_rows[:, :n], atol=1e-5)
     # a text the model would not have written greedily is not replayed
-    assert L._replay(vlm, inp, "a large red circle at the top left.") is None or gen.text.startswith("a large red")
+    assert L.replay(vlm, inp, "a large red circle at the top left.") is None or gen.text.startswith("a large red")

@@ -10,7 +10,7 @@ import pytest
 from vlmnb.experiments import localize as L
 from vlmnb.data import segment as G
 from vlmnb.data import toy_samples
-from vlmnb.engine.vlm import ModelNotAvailable
+from vlmnb.engine.loading import ModelNotAvailable
 
 
 @pytest.fixture(scope="module")

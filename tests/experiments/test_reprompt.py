@@ -127,21 +127,16 @@ def test_toy_reader_only_knows_what_the_description_says():
     assert reader("a large blue square at the center.", "how old is the photo?") == ""
 
 
-def test_llm_reader_against_a_local_server(monkeypatch):
-    from test_judge import FakeServer
-
+def test_llm_reader_against_a_local_server(monkeypatch, serve):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-local")
-    server = FakeServer([(200, {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                                "choices": [{"index": 0, "finish_reason": "stop",
-                                             "message": {"role": "assistant", "content": " Yes. "}}]}, None)])
-    try:
-        reader = reprompt.LLMReader(model="m", base_url=server.url)
-        assert reader("a dog on a bench", "Is there a dog? Please answer yes or no.") == "Yes."
-        sent = server.requests[0]["json"]
-        assert sent["model"] == "m" and sent["temperature"] == 0
-        assert "a dog on a bench" in sent["messages"][1]["content"]
-    finally:
-        server.close()
+    server = serve((200, {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                          "choices": [{"index": 0, "finish_reason": "stop",
+                                       "message": {"role": "assistant", "content": " Yes. "}}]}, None))
+    reader = reprompt.LLMReader(model="m", base_url=server.url)
+    assert reader("a dog on a bench", "Is there a dog? Please answer yes or no.") == "Yes."
+    sent = server.requests[0]["json"]
+    assert sent["model"] == "m" and sent["temperature"] == 0
+    assert "a dog on a bench" in sent["messages"][1]["content"]
 
 
 def test_reader_choice(monkeypatch):

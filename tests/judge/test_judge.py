@@ -6,7 +6,6 @@ import math
 import multiprocessing
 import sqlite3
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ SECRET = "sk-test-never-leak-5f3a9c"
 
 
 # --------------------------------------------------------------------------------------
-# a fake OpenAI-compatible chat server
+# replies of the fake OpenAI-compatible chat server (the `serve` fixture in conftest.py)
 # --------------------------------------------------------------------------------------
 
 def completion(content: str) -> dict:
@@ -39,43 +38,6 @@ GOOD = answer(["man", "dog", "bench"], ["person", "dog", "kite"], [("man", "pers
               tp=17, fp=0, fn=0, f1=1.0)  # the model's own arithmetic is wrong on purpose
 
 
-class FakeServer:
-    """Serves scripted replies (status, body, headers) in order; the last one repeats."""
-
-    def __init__(self, replies):
-        self.replies = list(replies)
-        self.requests: list[dict] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                server.requests.append({"path": self.path, "headers": dict(self.headers),
-                                        "raw": body.decode(), "json": json.loads(body)})
-                idx = min(len(server.requests) - 1, len(server.replies) - 1)
-                status, payload, headers = server.replies[idx]
-                data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def env(monkeypatch, tmp_path):
     for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "VLMNB_JUDGE_MODEL", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID"):
@@ -83,20 +45,6 @@ def env(monkeypatch, tmp_path):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     monkeypatch.setenv("VLMNB_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path
-
-
-@pytest.fixture
-def serve():
-    servers = []
-
-    def start(*replies):
-        s = FakeServer(replies)
-        servers.append(s)
-        return s
-
-    yield start
-    for s in servers:
-        s.close()
 
 
 def ok(content=GOOD):
@@ -298,7 +246,7 @@ def test_compare_many_keeps_order_with_workers(env, serve):
     results = J.compare_many([(f"o{i}", f"m{i}") for i in range(6)], make_judge(server), progress=False, workers=3)
     assert len(results) == 6 and all(r.ok for r in results)
     sent = sorted(r["json"]["messages"][-1]["content"] for r in server.requests)
-    assert sent == sorted(J._user_message(f"o{i}", f"m{i}") for i in range(6))
+    assert sent == sorted(J.user_message(f"o{i}", f"m{i}") for i in range(6))
 
 
 def test_missing_endpoint_is_a_clear_error(monkeypatch):

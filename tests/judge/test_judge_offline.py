@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from vlmnb import judge as J
-from vlmnb.judge.offline import extract_objects, match_objects
+from vlmnb.judge.extract import extract_objects
+from vlmnb.judge.offline import match_objects
 
 ROOT = Path(__file__).resolve().parents[2]
 BOUND = 0.10  # the aim for the mean absolute F1 error on the labelled pairs

@@ -346,7 +346,7 @@ def test_ability_table_applies_the_targets(tmp_path):
 
 def test_weights_revision_follows_the_weights(tmp_path):
     import vlmnb
-    from vlmnb.engine.vlm import weights_revision
+    from vlmnb.engine.loading import weights_revision
     from vlmnb.toy.train import save_pretrained
 
     model = build_model(ToyArchitecture(**TINY), seed=0)
@@ -411,13 +411,13 @@ def test_sampling_options_shift_the_questions():
 def test_aspect_weight_flag_gives_one_line_errors():
     import argparse
 
-    from vlmnb.toy.train import _aspect_weights, main
+    from vlmnb.toy.train import parse_aspect_weights, main
 
-    assert _aspect_weights("existence=2, color=0.5") == {"existence": 2.0, "color": 0.5}
+    assert parse_aspect_weights("existence=2, color=0.5") == {"existence": 2.0, "color": 0.5}
     for bad, words in [("size=2", "one of existence"), ("existence=x", "not a number"),
                        ("existence=-1", ">= 0"), ("existence=0,color=0,position=0,count=0", "all zero")]:
         with pytest.raises(argparse.ArgumentTypeError, match=words):
-            _aspect_weights(bad)
+            parse_aspect_weights(bad)
     with pytest.raises(SystemExit):
         main(["--out", "unused", "--aspect-weights", "size=2"])
 

@@ -23,7 +23,7 @@ from vlmnb.data import Sample  # noqa: E402
 from vlmnb.views.explorer import (Explorer, decode_data, dequantize_rows, explore, explore_sample,  # noqa: E402
                             export_data, group_words, match_masks, quantize_rows,
                             window_slots)
-from vlmnb.engine.vlm import _token_offsets  # noqa: E402
+from vlmnb.engine.vlm import token_offsets  # noqa: E402
 
 MAX_NEW = 12
 
@@ -66,7 +66,7 @@ def test_group_words_with_the_real_tokenizer_of_a_tiny_model(tiny):
     vlm, _, _ = tiny
     sentence = "describing backgrounds ; cloudy umbrellas"
     ids = vlm.tokenizer(sentence, add_special_tokens=False)["input_ids"]
-    text, offsets = _token_offsets(vlm.tokenizer, ids)
+    text, offsets = token_offsets(vlm.tokenizer, ids)
     words = group_words(text, offsets)
     assert [w.text for w in words] == text.replace(";", "").split()
     multi = [w for w in words if len(w.tokens) > 1]
@@ -134,13 +134,13 @@ def test_export_reproduces_the_recorded_attention_of_each_word(tiny):
     assert data["layers"] == list(rec.layers)
     cols = np.asarray(data["token_index"])
     assert len(cols) == int(np.isfinite(_geometry(vlm, sample).boxes).all(1).sum())
-    for l in range(len(rec.layers)):
+    for layer in range(len(rec.layers)):
         for i, w in enumerate(words):
-            truth = rec.image_rows[l, list(w.tokens)].mean(0)[cols]
+            truth = rec.image_rows[layer, list(w.tokens)].mean(0)[cols]
             step = (truth.max() - truth.min()) / 255
-            np.testing.assert_allclose(decoded["attention"][l, i], truth, rtol=0, atol=step / 2 + 1e-7)
-            shares = rec.fractions[l, list(w.tokens)].mean(0)
-            np.testing.assert_allclose(decoded["shares"][l, i], shares, rtol=0, atol=1 / 510 + 1e-7)
+            np.testing.assert_allclose(decoded["attention"][layer, i], truth, rtol=0, atol=step / 2 + 1e-7)
+            shares = rec.fractions[layer, list(w.tokens)].mean(0)
+            np.testing.assert_allclose(decoded["shares"][layer, i], shares, rtol=0, atol=1 / 510 + 1e-7)
     assert any(w["n"] > 1 for w in data["words"]) == any(len(w.tokens) > 1 for w in words)
 
 

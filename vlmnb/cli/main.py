@@ -1,4 +1,4 @@
-"""Command line: ``python -m vlmnb book ...`` and ``python -m vlmnb data ...``."""
+"""Command line: ``python -m vlmnb book ...`` and ``python -m vlmnb data ...`` (:mod:`vlmnb.cli.data`)."""
 from __future__ import annotations
 
 import argparse
@@ -34,15 +34,16 @@ def _book(argv: list[str]) -> int:
 
 
 def _data(argv: list[str]) -> int:
-    from vlmnb import data
+    from vlmnb.cli.data import cli_data
 
-    return data.cli_data(argv) or 0
+    return cli_data(argv) or 0
 
 
 COMMANDS = {"book": _book, "data": _data}
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m vlmnb COMMAND ...``: run the command (``book`` or ``data``); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
         print("usage: python -m vlmnb {book,data} ...  (try: python -m vlmnb book --help)", file=sys.stderr)

@@ -30,36 +30,50 @@ from typing import Any
 
 import pandas as pd
 
-from vlmnb.data import store as _store
-from vlmnb.data.store import ResultStore, merge
+from vlmnb.data.store import ResultStore, UnitLoop, is_store, list_parts, merge, part_units, read_parts, unit_id
 
 
-class ShardStore:
+class ShardStore(UnitLoop):
     """The store one process writes, seeing the units of other shards under the run as done.
 
     Behaves like a :class:`~vlmnb.data.store.ResultStore` for :func:`vlmnb.experiments.sweep.run`: ``done`` is
-    true for units in this shard or any other; ``frame`` holds the rows of all of them.
+    true for units in this shard or any other; ``frame`` holds the rows of all of them; ``has``,
+    ``unit`` and ``run`` (the store's resumable loop, :class:`~vlmnb.data.store.UnitLoop`) skip them.
     """
 
     def __init__(self, own: ResultStore, others: list[Path]):
         self.own = own
-        self.other_parts = [p for folder in others for p in _store._list_parts(folder)]
-        self.other_done = {u for p in self.other_parts for u in _store._part_units(p)}
+        self.other_parts = [p for folder in others for p in list_parts(folder)]
+        self.other_done = {u for p in self.other_parts for u in part_units(p)}
+
+    @property
+    def path(self) -> Path:
+        """This process's own store's folder."""
+        return self.own.path
+
+    @property
+    def params(self) -> dict:
+        """This process's own store's parameters."""
+        return self.own.params
 
     def done(self, key) -> bool:
-        return self.own.done(key) or _store._unit_id(key) in self.other_done
+        """True when the unit is in this shard or in any other."""
+        return self.own.done(key) or unit_id(key) in self.other_done
 
     def put(self, key, rows) -> None:
+        """Record one complete unit in this process's own store."""
         self.own.put(key, rows)
 
     def flush(self):
+        """Write this process's buffered units (see :meth:`ResultStore.flush`)."""
         return self.own.flush()
 
     def frame(self) -> pd.DataFrame:
+        """The rows of the other shards, then this one's."""
         own = self.own.frame()
         if not self.other_parts:
             return own
-        return pd.concat([_store.read_parts(self.other_parts), own], ignore_index=True)
+        return pd.concat([read_parts(self.other_parts), own], ignore_index=True)
 
 
 def shard_dirs(out: Path) -> list[Path]:
@@ -67,7 +81,7 @@ def shard_dirs(out: Path) -> list[Path]:
     folder = Path(out) / "shards"
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if (p / _store.META_FILE).is_file())
+    return sorted(p for p in folder.iterdir() if is_store(p))
 
 
 def merge_shards(out: str | os.PathLike) -> ResultStore:
@@ -99,6 +113,7 @@ def device_kwargs(local_index: int, gpus_per_process: int, device_map: str | Non
 
 
 def build_configs(args, n_layers: int):
+    """The sweep's configurations from the command line's ``--fig2``/``--topk``/``--baseline-only``."""
     from vlmnb.experiments import sweep
 
     configs = [sweep.Config("baseline")]
@@ -113,6 +128,7 @@ def build_configs(args, n_layers: int):
 
 
 def parser() -> argparse.ArgumentParser:
+    """The command line's argument parser."""
     p = argparse.ArgumentParser(prog="python -m vlmnb.cli.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="run folder (shards/ and merged/ go inside)")
@@ -139,6 +155,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run (or with ``--merge-only`` merge) a sweep; returns the exit status."""
     args = parser().parse_args(argv)
     out = Path(args.out)
     if args.merge_only:

@@ -1,7 +1,7 @@
 """Masks for any image from a detail's words: a text-conditioned detector, then Segment Anything.
 
 The paper made its pseudo ground-truth masks with text-grounded Segment Anything and checked
-them by hand. Here the same two steps run behind the :class:`vlmnb.experiments.localize.MaskSource`
+them by hand. Here the same two steps run behind the :class:`vlmnb.data.masks.MaskSource`
 interface:
 
 1. a text-conditioned detector from transformers (OWLv2 by default, Grounding DINO also works)
@@ -13,13 +13,15 @@ Quality checks reject a detail when the detector's best score is below ``min_box
 SAM's predicted IoU is below ``min_mask_score``, or when less than ``min_inside`` of the mask
 lies inside the (slightly enlarged) box. The masks are written to ``cache_dir`` as PNG files
 beside a JSON note with the box and scores, so a person can look at them and list the bad
-ones in a reject list (:class:`vlmnb.experiments.localize.RejectList`) instead of editing code.
+ones in a reject list (:class:`vlmnb.data.masks.RejectList`) instead of editing code.
 
 Real checkpoints: SAM's ``sam_vit_h_4b8939.pth`` (or vit_l / vit_b) downloaded from the
 official links in :data:`SAM_CHECKPOINTS`, loaded with ``segment_anything.sam_model_registry``;
 the detector by hub id, from the local Hugging Face cache when offline. :func:`tiny_sam` and
 :func:`tiny_owlv2` build small randomly initialised versions of the same classes so the whole
 path runs offline in tests.
+
+:func:`mask_source` picks a mask source by name: this one, or those of :mod:`vlmnb.data.masks`.
 """
 from __future__ import annotations
 
@@ -31,8 +33,11 @@ from typing import Any
 
 import numpy as np
 
+from vlmnb.core.paths import cache_dir as cache_root
+from vlmnb.data.masks import CocoMasks, DetailMask, FirstOf, ToyMasks
+
 __all__ = ["SAM_CHECKPOINTS", "DETECTORS", "load_sam", "tiny_sam", "Detector", "tiny_owlv2",
-           "TextPromptedMasks"]
+           "TextPromptedMasks", "mask_source"]
 
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 #: model type -> official checkpoint file name (download from ``_SAM_URL + name``)
@@ -53,7 +58,7 @@ def load_sam(checkpoint: str | os.PathLike | None = None, model_type: str = "vit
     """Segment Anything from an official checkpoint file, through ``sam_model_registry``.
 
     ``checkpoint``: the ``.pth`` file; default: ``$VLMNB_SAM_CHECKPOINT``, else
-    ``<cache>/sam/<official file name>`` (see :func:`vlmnb.data.default_cache_dir`).
+    ``<cache>/sam/<official file name>`` (see :func:`vlmnb.core.paths.cache_dir`).
     """
     from segment_anything import sam_model_registry
 
@@ -64,9 +69,7 @@ def load_sam(checkpoint: str | os.PathLike | None = None, model_type: str = "vit
         if env:
             checkpoint = env
         else:
-            from vlmnb.data import default_cache_dir
-
-            checkpoint = default_cache_dir() / "sam" / SAM_CHECKPOINTS[model_type]
+            checkpoint = cache_root() / "sam" / SAM_CHECKPOINTS[model_type]
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(
@@ -127,10 +130,10 @@ class Detector:
     @classmethod
     def load(cls, name_or_path: str = "owlv2", device: str | None = None) -> "Detector":
         """Load by short name (:data:`DETECTORS`), hub id or local folder. Offline, only the local
-        cache is used and a missing model raises :class:`vlmnb.engine.vlm.ModelNotAvailable`."""
+        cache is used and a missing model raises :class:`vlmnb.engine.loading.ModelNotAvailable`."""
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-        from vlmnb.engine.vlm import ModelNotAvailable, _offline
+        from vlmnb.engine.loading import ModelNotAvailable, hub_offline
 
         source = DETECTORS.get(name_or_path, name_or_path)
         local = Path(str(source)).expanduser().exists()
@@ -141,7 +144,7 @@ class Detector:
         except (OSError, ValueError) as exc:
             if local:
                 raise
-            if _offline():
+            if hub_offline():
                 raise ModelNotAvailable(
                     f"detector {source!r} is not in the local cache and the hub is unreachable; download it "
                     f"first with `huggingface-cli download {source}` on a machine with network access") from exc
@@ -150,6 +153,7 @@ class Detector:
         return cls(model.to(device or _default_device()), processor, name=str(source))
 
     def detect(self, image, phrase: str) -> list[tuple[float, tuple[float, float, float, float]]]:
+        """Boxes for ``phrase`` in ``image`` (PIL): ``[(score, (x0, y0, x1, y1)), ...]``, best first."""
         import torch
 
         image = image.convert("RGB")
@@ -298,10 +302,9 @@ class TextPromptedMasks:
             return f"only {note['inside_box']:.0%} of the mask lies inside the detected box"
         return None
 
-    def __call__(self, sample, detail):
+    def __call__(self, sample, detail) -> DetailMask:
+        """The detail's mask (cached in ``cache_dir`` when set), or why there is none."""
         from PIL import Image
-
-        from vlmnb.experiments.localize import DetailMask
 
         paths = self._paths(sample, detail)
         if paths is not None and paths[1].is_file():
@@ -319,3 +322,27 @@ class TextPromptedMasks:
         if reason is not None:
             return DetailMask(None, self.name, reason, score)
         return DetailMask(mask, self.name, f"box score {note['box_score']:.2f}, SAM IoU {score:.2f}", score)
+
+
+# ============================================================================ choosing a source
+def mask_source(kind: str | Any = "auto", images: Any = None, **kwargs):
+    """A mask source by name: ``"toy"``, ``"coco"``, ``"sam"`` (text-prompted detector + SAM;
+    ``kwargs`` such as ``cache_dir`` go to :meth:`TextPromptedMasks.load` and are
+    not used by the other sources), ``"coco+sam"`` (COCO masks where the detail names a COCO
+    category, the text-prompted source otherwise, see :class:`vlmnb.data.masks.FirstOf`) or ``"auto"``: the exact
+    masks for ``images="toy"``, COCO masks for ``"coco"``, else the text-prompted source. An
+    object with ``__call__(sample, detail)`` is returned as it is."""
+    if not isinstance(kind, str):
+        if not callable(kind):
+            raise TypeError(f"{kind!r} is not a mask source: it needs __call__(sample, detail)")
+        return kind
+    if kind == "auto":
+        kind = {"toy": "toy", "coco": "coco"}.get(images if isinstance(images, str) else "", "sam")
+    if kind == "toy":
+        return ToyMasks()
+    if kind == "coco":
+        return CocoMasks()
+    if kind in ("sam", "coco+sam"):
+        sam = TextPromptedMasks.load(**kwargs)
+        return sam if kind == "sam" else FirstOf(CocoMasks(), sam)
+    raise ValueError(f"unknown mask source {kind!r}; use 'auto', 'toy', 'coco', 'sam' or 'coco+sam'")

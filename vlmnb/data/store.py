@@ -63,7 +63,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["ResultStore", "merge", "library_versions", "CORE_COLUMNS"]
+__all__ = ["ResultStore", "UnitLoop", "merge", "read_parts", "library_versions", "CORE_COLUMNS",
+           "unit_id", "is_store", "list_parts", "part_units"]
 
 FORMAT = "vlmnb.store/1"
 META_FILE = "meta.json"
@@ -101,7 +102,9 @@ def _canonical(obj: Any, where: str) -> str:
     return json.dumps(_jsonable(obj, where), sort_keys=True, separators=(",", ":"), allow_nan=True)
 
 
-def _unit_id(key: Mapping[str, Any]) -> str:
+def unit_id(key: Mapping[str, Any]) -> str:
+    """The canonical id of a unit key (JSON with sorted keys), as :meth:`ResultStore.done_keys`
+    and :func:`part_units` spell it; the key's fields must be scalars."""
     if not key:
         raise ValueError("a unit key needs at least one field, e.g. image_id=...")
     for name, value in key.items():
@@ -184,18 +187,25 @@ def _rows_table(rows: list[dict], unit_ids: list[str]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _part_units(path: Path) -> list[str]:
+def part_units(path: Path) -> list[str]:
+    """The ids (:func:`unit_id`) of the units whose rows one part file holds."""
     meta = pq.read_schema(path).metadata or {}
     if _UNITS_KEY not in meta:
         raise ValueError(f"{path} is not a vlmnb result part (no {_UNITS_KEY.decode()} metadata)")
     return json.loads(meta[_UNITS_KEY])
 
 
-def _list_parts(root: Path) -> list[Path]:
-    folder = root / PARTS_DIR
+def list_parts(root: str | os.PathLike) -> list[Path]:
+    """The part files of the store at ``root``, in the order they were written."""
+    folder = Path(root) / PARTS_DIR
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if _PART_RE.match(p.name))
+
+
+def is_store(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a result store's folder (it holds the store's meta file)."""
+    return (Path(path) / META_FILE).is_file()
 
 
 def _read_meta(path: Path) -> dict:
@@ -236,7 +246,41 @@ class _Unit:
             self.rows.append(dict(row))
 
 
-class ResultStore:
+class UnitLoop:
+    """The resumable loop over units of work, for any store with ``done(key)``, ``put(key, rows)``
+    and ``path``: :class:`ResultStore`, or a view such as :class:`vlmnb.cli.sweep.ShardStore`.
+    """
+
+    def _check_open(self) -> None:
+        pass  # a store that can be closed raises here
+
+    def has(self, **key: Any) -> bool:
+        """Keyword form of :meth:`done`: ``store.has(image_id="x", config="a")``."""
+        return self.done(key)
+
+    @contextmanager
+    def unit(self, **key: Any) -> Iterator[_Unit]:
+        """Collect one unit's rows; they are recorded only if the block finishes without error."""
+        self._check_open()
+        if self.done(key):
+            raise ValueError(f"unit {unit_id(key)} is already in {self.path}; "
+                             "skip it with `if store.has(...): continue`")
+        unit = _Unit(key)
+        yield unit
+        self.put(key, unit.rows)
+
+    def run(self, keys: Iterable[Mapping[str, Any]], compute: Callable[..., Iterable[Mapping[str, Any]]],
+            progress: bool = True, desc: str | None = None) -> int:
+        """For every key not done yet, store ``compute(**key)``'s rows; returns units computed."""
+        from tqdm.auto import tqdm
+        keys = list(keys)
+        todo = [k for k in keys if not self.done(k)]
+        for key in tqdm(todo, desc=desc or self.path.name, disable=not progress or not todo):
+            self.put(key, list(compute(**key)))
+        return len(todo)
+
+
+class ResultStore(UnitLoop):
     """Append-only, resumable table of tidy result rows (see the module docstring).
 
     Args:
@@ -288,8 +332,8 @@ class ResultStore:
         (self.path / PARTS_DIR).mkdir(parents=True, exist_ok=True)
         self._remove_stale_tmp()
         self._done: set[str] = set()
-        for part in _list_parts(self.path):
-            self._done.update(_part_units(part))
+        for part in list_parts(self.path):
+            self._done.update(part_units(part))
 
     # -- construction helpers
     @classmethod
@@ -329,18 +373,15 @@ class ResultStore:
     # -- what is done
     def done(self, key: Mapping[str, Any]) -> bool:
         """True when the unit named by ``key`` (a dict) is complete (written or buffered)."""
-        uid = _unit_id(key)
+        uid = unit_id(key)
         return uid in self._done or uid in self._pending_ids
-
-    def has(self, **key: Any) -> bool:
-        """Keyword form of :meth:`done`: ``store.has(image_id="x", config="a")``."""
-        return self.done(key)
 
     def done_keys(self) -> list[dict]:
         """Keys of all complete units."""
         return [json.loads(u) for u in sorted(self._done | self._pending_ids)]
 
     def __len__(self) -> int:
+        """The number of complete units."""
         return len(self._done) + len(self._pending_ids)
 
     # -- writing
@@ -352,7 +393,7 @@ class ResultStore:
         """Record one complete unit: its key and all its rows (possibly none)."""
         self._check_open()
         key = dict(key)
-        uid = _unit_id(key)
+        uid = unit_id(key)
         if uid in self._done or uid in self._pending_ids:
             raise ValueError(f"unit {uid} is already in {self.path}; check store.done(key) before computing it")
         clean = []
@@ -368,27 +409,6 @@ class ResultStore:
                 or time.monotonic() - self._last_flush >= self.flush_seconds):
             self.flush()
 
-    @contextmanager
-    def unit(self, **key: Any) -> Iterator[_Unit]:
-        """Collect one unit's rows; they are recorded only if the block finishes without error."""
-        self._check_open()
-        if self.done(key):
-            raise ValueError(f"unit {_unit_id(key)} is already in {self.path}; "
-                             "skip it with `if store.has(...): continue`")
-        unit = _Unit(key)
-        yield unit
-        self.put(key, unit.rows)
-
-    def run(self, keys: Iterable[Mapping[str, Any]], compute: Callable[..., Iterable[Mapping[str, Any]]],
-            progress: bool = True, desc: str | None = None) -> int:
-        """For every key not done yet, store ``compute(**key)``'s rows; returns units computed."""
-        from tqdm.auto import tqdm
-        keys = list(keys)
-        todo = [k for k in keys if not self.done(k)]
-        for key in tqdm(todo, desc=desc or self.path.name, disable=not progress or not todo):
-            self.put(key, list(compute(**key)))
-        return len(todo)
-
     def flush(self) -> Path | None:
         """Write the buffered units as one part file (atomic); returns its path."""
         self._last_flush = time.monotonic()
@@ -397,7 +417,7 @@ class ResultStore:
         rows = [row for _, unit_rows in self._pending for row in unit_rows]
         uids = [uid for uid, _ in self._pending]
         table = _rows_table(rows, uids)
-        parts = _list_parts(self.path)
+        parts = list_parts(self.path)
         seq = int(_PART_RE.match(parts[-1].name).group(1)) + 1 if parts else 1
         final = self.path / PARTS_DIR / f"part-{seq:06d}-{os.urandom(3).hex()}.parquet"
         tmp = final.with_name(f".{final.name}.tmp")
@@ -429,7 +449,7 @@ class ResultStore:
         """All rows as a DataFrame (in the order they were recorded); flushes first."""
         if not self._closed:
             self.flush()
-        return read_parts(_list_parts(self.path))
+        return read_parts(list_parts(self.path))
 
     def __repr__(self) -> str:
         return f"ResultStore({str(self.path)!r}, units={len(self)})"
@@ -477,8 +497,8 @@ def merge(paths: Sequence[str | os.PathLike], out: str | os.PathLike,
     _write_json(target.path / META_FILE, target.meta)
     seen_in_this_merge: dict[str, str] = {}
     for p in paths:
-        for part in _list_parts(Path(p)):
-            uids = _part_units(part)
+        for part in list_parts(Path(p)):
+            uids = part_units(part)
             for u in uids:
                 if u in seen_in_this_merge and seen_in_this_merge[u] != str(p):
                     raise ValueError(f"unit {u} is in both {seen_in_this_merge[u]} and {p}; "
@@ -490,7 +510,7 @@ def merge(paths: Sequence[str | os.PathLike], out: str | os.PathLike,
             if already:
                 raise ValueError(f"{part} is partly merged into {out} already ({len(already)} of "
                                  f"{len(uids)} units); merge into a new folder")
-            existing = _list_parts(target.path)
+            existing = list_parts(target.path)
             seq = int(_PART_RE.match(existing[-1].name).group(1)) + 1 if existing else 1
             final = target.path / PARTS_DIR / f"part-{seq:06d}-{os.urandom(3).hex()}.parquet"
             _atomic_write_bytes(final, part.read_bytes())

@@ -8,8 +8,8 @@ once per image (a batch of one, with the vision tower) and lets ``model.generate
 from it for as many rows as there are configurations: the query tokens run for every row under
 that row's own knockouts (the first generated token is predicted at the last query position,
 as always), then all rows decode together, one weight read per step for the whole batch. The
-rows share the prefix's keys and values without copying them (:func:`shared_cache`): each
-step's attention reads them once for all rows (:func:`split_attention`). A row that ends
+rows share the prefix's keys and values without copying them (:func:`~vlmnb.engine.sharedkv.shared_cache`):
+each step's attention reads them once for all rows (:func:`~vlmnb.engine.sharedkv.split_attention`). A row that ends
 (end-of-sequence) is padded by ``generate`` and trimmed.
 
 Greedy outputs are the token ids each configuration gives when run alone with
@@ -31,11 +31,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vlmnb.engine.knockout import Knockout, RowLayout, _resolve, as_knockout_list, span_positions
+from vlmnb.engine import families
+from vlmnb.engine.knockout import RowLayout, as_knockout_list, resolve_selection, span_positions
+from vlmnb.engine.sharedkv import SplitKV, preallocate, shared_cache, split_attention
 
-#: families checked to give the same token ids from a shared prefix (tests/test_batched.py)
-PREFIX_FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "internvl",
-                   "idefics3", "smolvlm", "gemma3")
+__all__ = ["Prefix", "prefix_length", "first_blocked_query", "blocks_prefix", "supports_prefix", "compute_prefix",
+           "generate_rows", "SplitKV", "shared_cache", "split_attention", "preallocate"]
 
 # inputs that only the first forward pass over the image needs (the vision tower's inputs)
 _SEQUENCE_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
@@ -86,7 +87,7 @@ def first_blocked_query(knockouts, inp, n_layers: int, length: int | None = None
     for ko in as_knockout_list(knockouts):
         if not ko.layer_indices(n_layers):
             continue
-        dst = np.flatnonzero(_resolve(ko.dst, row, max(length or 0, prompt + 1), "dst"))
+        dst = np.flatnonzero(resolve_selection(ko.dst, row, max(length or 0, prompt + 1), "dst"))
         if dst.size:
             first = min(first, int(dst[0]))
     return first
@@ -98,24 +99,14 @@ def blocks_prefix(knockouts, inp, n_layers: int, length: int | None = None) -> b
 
 
 def supports_prefix(vlm) -> bool:
-    """Whether ``vlm``'s family is known to continue exactly from a cached image prefix."""
-    return vlm.family in PREFIX_FAMILIES and vlm._active is None
-
-
-def _cache_kwarg(model) -> str:
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return "past_key_values"
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _inner(vlm):
-    return getattr(vlm.model, "model", vlm.model)
+    """Whether ``vlm``'s family is known to continue exactly from a cached image prefix (its
+    registry entry's ``prefix_sharing``), outside any intervention context."""
+    family = families.REGISTRY.get(vlm.family)
+    return family is not None and family.prefix_sharing and vlm.active is None
 
 
 def _forward_kwargs(vlm, cache) -> dict:
-    kwargs = {_cache_kwarg(vlm.model): cache, "use_cache": True}
+    kwargs = {vlm.cache_argument: cache, "use_cache": True}
     if "logits_to_keep" in inspect.signature(vlm.model.forward).parameters:
         kwargs["logits_to_keep"] = 1
     return kwargs
@@ -129,11 +120,11 @@ def compute_prefix(vlm, inp) -> Prefix:
     n = prefix_length(inp)
     if n < 1:
         raise ValueError("the prompt has no tokens before its query span, so there is no prefix to share")
-    inputs = vlm._to_device(dict(inp.inputs))
+    inputs = vlm.to_device(dict(inp.inputs))
     head = {k: (v[:, :n] if k in _SEQUENCE_KEYS and v is not None else v) for k, v in inputs.items()}
     # the cache generate() itself would build for this model (sliding-window layers included)
     cache = DynamicCache(config=vlm.model.config.get_text_config(decoder=True))
-    inner = _inner(vlm)
+    inner = vlm.inner_model
     if hasattr(inner, "rope_deltas"):
         inner.rope_deltas = None  # computed afresh from this prompt's image grid
     with torch.no_grad():
@@ -150,7 +141,7 @@ def _extend(vlm, prefix: Prefix, cache, rows: int, row_knockouts=None, max_new_t
     """Feed the query tokens but the last into ``cache`` (``rows`` rows), under per-row knockouts."""
     import torch
 
-    ids = vlm._to_device({"input_ids": prefix.text_inputs.inputs["input_ids"]})["input_ids"]
+    ids = vlm.to_device({"input_ids": prefix.text_inputs.inputs["input_ids"]})["input_ids"]
     chunk = ids[:, prefix.length:-1].expand(rows, -1)
     if chunk.shape[1] == 0:
         return
@@ -168,242 +159,8 @@ def _extend(vlm, prefix: Prefix, cache, rows: int, row_knockouts=None, max_new_t
 
 def _restore_rope(vlm, prefix: Prefix) -> None:
     if prefix.rope_deltas is not None:
-        _inner(vlm).rope_deltas = prefix.rope_deltas
+        vlm.inner_model.rope_deltas = prefix.rope_deltas
 
-
-# ---------------------------------------------------------------- a prefix shared without copies
-class SplitKV:
-    """Keys (or values) of a batch whose first positions are one shared, unexpanded prefix.
-
-    ``prefix``: (1, heads, P, d), the same for every row; ``suffix``: (rows, heads, S, d), each
-    row's own positions after it. The cache hands these to the attention function instead of
-    one (rows, heads, P + S, d) tensor, so a decoding step reads the prefix once for all rows,
-    not once per row (with 576+ image tokens and 30 rows, most of the memory traffic of a step).
-    Only vlmnb's attention function (active inside :meth:`~vlmnb.engine.vlm.VLM.intervene`) reads
-    it; :meth:`materialize` gives the plain tensor.
-    """
-
-    def __init__(self, prefix, suffix):
-        self.prefix, self.suffix = prefix, suffix
-
-    @property
-    def shape(self):
-        import torch
-
-        rows, heads, s, d = self.suffix.shape
-        return torch.Size((rows, heads, self.prefix.shape[2] + s, d))
-
-    @property
-    def device(self):
-        return self.suffix.device
-
-    @property
-    def dtype(self):
-        return self.suffix.dtype
-
-    def materialize(self):
-        import torch
-
-        rows = self.suffix.shape[0]
-        return torch.cat([self.prefix.expand(rows, -1, -1, -1), self.suffix], dim=2)
-
-
-_SHARED_LAYER = None
-
-
-def _shared_layer_class():
-    """A ``DynamicLayer`` holding one batch-1 prefix and per-row suffix buffers (see :class:`SplitKV`)."""
-    global _SHARED_LAYER
-    if _SHARED_LAYER is None:
-        from transformers.cache_utils import DynamicLayer
-
-        class SharedPrefixLayer(DynamicLayer):
-            def setup(self, prefix_keys, prefix_values, rows: int, capacity: int) -> None:
-                self.prefix_keys, self.prefix_values = prefix_keys, prefix_values
-                shape = (rows, prefix_keys.shape[1], max(capacity, 1), prefix_keys.shape[3])
-                self._kbuf = prefix_keys.new_empty(shape)
-                self._vbuf = prefix_values.new_empty(shape)
-                self.n = 0
-                self.device = prefix_keys.device
-                self.is_initialized = True
-                self._views()
-
-            def _views(self) -> None:
-                self.keys, self.values = self._kbuf[:, :, :self.n], self._vbuf[:, :, :self.n]
-
-            def update(self, key_states, value_states, *args, **kwargs):
-                m = key_states.shape[-2]
-                if self.n + m > self._kbuf.shape[2]:
-                    grow = max(2 * (self.n + m), 16)
-                    for name in ("_kbuf", "_vbuf"):
-                        old = getattr(self, name)
-                        new = old.new_empty(*old.shape[:2], grow, old.shape[3])
-                        new[:, :, :self.n] = old[:, :, :self.n]
-                        setattr(self, name, new)
-                self._kbuf[:, :, self.n:self.n + m] = key_states
-                self._vbuf[:, :, self.n:self.n + m] = value_states
-                self.n += m
-                self._views()
-                return SplitKV(self.prefix_keys, self.keys), SplitKV(self.prefix_values, self.values)
-
-            def set_suffix(self, keys, values) -> None:
-                """Replace the rows and their suffixes (keeping the buffer capacity)."""
-                m = keys.shape[2]
-                capacity = max(self._kbuf.shape[2], m)
-                self._kbuf = keys.new_empty(*keys.shape[:2], capacity, keys.shape[3])
-                self._vbuf = values.new_empty(*values.shape[:2], capacity, values.shape[3])
-                self._kbuf[:, :, :m] = keys
-                self._vbuf[:, :, :m] = values
-                self.n = m
-                self._views()
-
-            def get_seq_length(self) -> int:
-                return self.prefix_keys.shape[2] + self.n
-
-            def batch_select_indices(self, indices):
-                self._kbuf, self._vbuf = self._kbuf[indices], self._vbuf[indices]
-                self._views()
-
-            def batch_repeat_interleave(self, repeats):
-                self._kbuf = self._kbuf.repeat_interleave(repeats, dim=0)
-                self._vbuf = self._vbuf.repeat_interleave(repeats, dim=0)
-                self._views()
-
-            def crop(self, tokens_to_remove: int) -> None:
-                raise NotImplementedError("a shared-prefix cache cannot be cropped")
-
-            def reorder_cache(self, beam_idx):
-                raise NotImplementedError("beam search is not supported on a shared-prefix cache")
-
-        _SHARED_LAYER = SharedPrefixLayer
-    return _SHARED_LAYER
-
-
-def shared_cache(prefix_cache, rows: int, capacity: int):
-    """A cache of ``rows`` rows whose full-attention layers share ``prefix_cache``'s (batch-1)
-    keys and values without copying them; other layers (sliding windows) get expanded copies.
-    ``capacity``: positions each row will add after the prefix (the buffers grow if exceeded)."""
-    from transformers.cache_utils import DynamicLayer
-
-    cache = copy.copy(prefix_cache)
-    cache.layers = []
-    layer_class = _shared_layer_class()
-    for layer in prefix_cache.layers:
-        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys.numel():
-            new = layer_class()
-            new.setup(layer.keys, layer.values, rows, capacity)
-        else:
-            new = copy.deepcopy(layer)
-            if rows > 1:
-                new.batch_repeat_interleave(rows)
-        cache.layers.append(new)
-    return cache
-
-
-def split_attention(module, query, key: SplitKV, value: SplitKV, mask, q_start: int, *,
-                    return_weights: bool = False, **kwargs):
-    """Attention of ``query`` (rows, heads, L, d) over a :class:`SplitKV` prefix + suffix.
-
-    Exactly softmax(q k^T * scale + mask) v, computed in two blocks: the prefix block as one
-    matmul for all rows (the shared keys are read once), the suffix block per row. ``mask``
-    (bool, True = attend, or additive float; batch 1 or rows) covers all P + S keys, or is None
-    for causal attention. Returns (output (rows, L, heads, d), head-averaged float32 weights
-    (rows, L, P + S) when ``return_weights``, else None).
-    """
-    import torch
-
-    if kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
-        raise NotImplementedError("attention sinks are not supported on a shared prefix")
-    rows, heads, L, d = query.shape
-    kv_heads, P = key.prefix.shape[1], key.prefix.shape[2]
-    rep = heads // kv_heads
-    scaling = kwargs.get("scaling")
-    if scaling is None:
-        scaling = getattr(module, "scaling", d ** -0.5)
-    # group query heads by their kv head: (kv_heads, rows * rep * L, d) against the prefix
-    grouped = query.reshape(rows, kv_heads, rep, L, d).permute(1, 0, 2, 3, 4).reshape(kv_heads, -1, d)
-    s_pre = torch.bmm(grouped, key.prefix[0].transpose(1, 2))
-    s_pre = s_pre.reshape(kv_heads, rows, rep, L, P).permute(1, 0, 2, 3, 4).reshape(rows, heads, L, P)
-    q_suf = query.reshape(rows, kv_heads, rep * L, d)
-    s_suf = torch.matmul(q_suf, key.suffix.transpose(2, 3)).reshape(rows, heads, L, -1)
-    scores = torch.cat([s_pre, s_suf], dim=-1).float() * scaling
-    softcap = kwargs.get("softcap")
-    if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
-    kv = scores.shape[-1]
-    if mask is None:
-        if L > 1:  # causal inside the new block; every earlier key is visible
-            k_start = q_start + L - kv
-            q_pos = torch.arange(q_start, q_start + L, device=query.device)
-            k_pos = torch.arange(k_start, k_start + kv, device=query.device)
-            scores = scores.masked_fill(k_pos[None, :] > q_pos[:, None], float("-inf"))
-    elif mask.dtype == torch.bool:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    else:
-        scores = scores + mask.float()
-    probs = torch.softmax(scores, dim=-1)
-    p = probs.to(value.suffix.dtype)
-    p_pre = p[..., :P].reshape(rows, kv_heads, rep, L, P).permute(1, 0, 2, 3, 4).reshape(kv_heads, -1, P)
-    out = torch.bmm(p_pre, value.prefix[0]).reshape(kv_heads, rows, rep, L, d).permute(1, 0, 2, 3, 4)
-    out = out.reshape(rows, heads, L, d)
-    out = out + torch.matmul(p[..., P:].reshape(rows, kv_heads, rep * L, -1), value.suffix).reshape(rows, heads, L, d)
-    return out.transpose(1, 2).contiguous(), (probs.mean(1) if return_weights else None)
-
-
-_GROWING_LAYER = None
-
-
-def _growing_layer_class():
-    """A full-attention ``DynamicLayer`` that writes new keys/values into a buffer allocated
-    for the whole generation instead of concatenating (which copies every row's cache at every
-    step); attention sees views of the same values."""
-    global _GROWING_LAYER
-    if _GROWING_LAYER is None:
-        from transformers.cache_utils import DynamicLayer
-
-        class GrowingLayer(DynamicLayer):
-            def update(self, key_states, value_states, *args, **kwargs):
-                n, m = self.keys.shape[-2], key_states.shape[-2]
-                if n + m > self._kbuf.shape[-2]:
-                    self.reserve(2 * (n + m))
-                self._kbuf[..., n:n + m, :] = key_states
-                self._vbuf[..., n:n + m, :] = value_states
-                self.keys, self.values = self._kbuf[..., :n + m, :], self._vbuf[..., :n + m, :]
-                return self.keys, self.values
-
-            def reserve(self, capacity: int) -> None:
-                n = self.keys.shape[-2]
-                bufs = []
-                for old in (self.keys, self.values):
-                    buf = old.new_empty(*old.shape[:-2], max(capacity, n), old.shape[-1])
-                    buf[..., :n, :] = old
-                    bufs.append(buf)
-                self._kbuf, self._vbuf = bufs
-                self.keys, self.values = self._kbuf[..., :n, :], self._vbuf[..., :n, :]
-
-            def batch_repeat_interleave(self, repeats):
-                super().batch_repeat_interleave(repeats)
-                self.reserve(self._kbuf.shape[-2])
-
-            def batch_select_indices(self, indices):
-                super().batch_select_indices(indices)
-                self.reserve(self._kbuf.shape[-2])
-
-        _GROWING_LAYER = GrowingLayer
-    return _GROWING_LAYER
-
-
-def _preallocate(cache, capacity: int) -> None:
-    """Give every full-attention layer of ``cache`` room for ``capacity`` positions."""
-    from transformers.cache_utils import DynamicLayer
-
-    growing = _growing_layer_class()
-    for i, layer in enumerate(cache.layers):
-        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys.numel():
-            new = growing()
-            new.__dict__.update(layer.__dict__)
-            new.reserve(capacity)
-            cache.layers[i] = new
 
 
 def _concat(caches, order) -> Any:
@@ -492,10 +249,10 @@ def generate_rows(vlm, inp, row_knockouts: Sequence[Any], max_new_tokens: int, *
         members += whole
     cache = _concat(caches, [members.index(i) for i in shared])
     if not split:
-        _preallocate(cache, prompt + max_new_tokens)
+        preallocate(cache, prompt + max_new_tokens)
     _restore_rope(vlm, prefix)
     outs = vlm.generate_batch([prefix.text_inputs] * len(shared), max_new_tokens=max_new_tokens, record=rec,
-                              row_knockouts=[per_row[i] for i in shared], **{_cache_kwarg(vlm.model): cache},
+                              row_knockouts=[per_row[i] for i in shared], **{vlm.cache_argument: cache},
                               record_rows=rec_rows, **generate_kwargs)
     for i, out in zip(shared, outs):
         results[i] = out

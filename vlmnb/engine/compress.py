@@ -25,9 +25,10 @@ the image tokens); it is kept as text in :attr:`CompressedContext.description` (
 the describe-to-LLM baseline).
 
 Mechanism: per-layer KV lengths differ from layer to layer, which the model's own mask
-builder cannot express, so during :meth:`CompressedContext.ask` the text decoder uses an
-attention function registered under ``"vlmnb_compressed"`` in transformers'
-``AttentionInterface``. It builds each layer's mask from that layer's key and query lengths
+builder cannot express, so during :meth:`CompressedContext.ask` the text decoder attends
+through vlmnb's attention function registered under ``"vlmnb_compressed"`` (the same swap and
+restore as interventions, :class:`~vlmnb.engine.attention.AttentionSwap`), which hands each layer
+to the ask's state. It builds each layer's mask from that layer's key and query lengths
 (and the original positions, for sliding-window layers) and calls torch SDPA exactly like
 the stock ``"sdpa"`` implementation.
 """
@@ -44,19 +45,19 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from vlmnb.engine.batched import _cache_kwarg, _inner
+from vlmnb.engine import families
+from vlmnb.engine.attention import AttentionSwap
+from vlmnb.engine.record import Record
+from vlmnb.engine.spans import render_prompt
+from vlmnb.engine.topk import topk_dropped
 
 KEEP_MODES = ("query+topk", "query", "topk")
 ATTENTION_NAME = "vlmnb_compressed"
 FORMAT_VERSION = 1
-MROPE_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 _SENTINEL = "VLMNBANSWERSENTINEL"
 
-# attention module -> (_AskState, layer index); filled only while an ask runs
-_ACTIVE: dict[Any, tuple["_AskState", int]] = {}
 
-
-# ============================================================================ attention function
+# ============================================================================ attention
 @dataclass
 class _AskState:
     """What the attention function needs to know during one ask (shared by all layers)."""
@@ -64,70 +65,43 @@ class _AskState:
     positions: list[Any]          # per layer: original positions of the kept keys (torch, long)
     new_positions: Any = None     # 1-D sequence positions of every new token so far (torch, long)
 
+    def attend(self, layer, module, query, key, value, attention_mask, **kwargs):
+        """Attention over a layer's kept keys plus the new tokens (causal among themselves).
 
-def _attention(module, query, key, value, attention_mask, **kwargs):
-    """Attention over a layer's kept keys plus the new tokens (causal among themselves)."""
-    import torch
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        The model still builds one mask for layer 0's lengths; it is ignored here.
+        """
+        import torch
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    entry = _ACTIVE.get(module)
-    if entry is None:  # not one of the text decoder's layers during an ask
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    state, layer = entry
-    q_len, kv_len = query.shape[2], key.shape[2]
-    kept = state.positions[layer]
-    n_new = kv_len - int(kept.shape[0])
-    if n_new < q_len:
-        raise RuntimeError(f"layer {layer}: the cache holds {kv_len} keys but {kept.shape[0]} kept + "
-                           f"{q_len} new were expected; was the context modified?")
-    window = getattr(module, "sliding_window", None)
-    mask = None
-    if q_len > 1 or window:
-        new = state.new_positions[-n_new:]
-        key_pos = torch.cat([kept.to(query.device), new.to(query.device)])
-        q_pos = new[-q_len:].to(query.device)
-        mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device)
-        # among the new tokens: causal
-        mask[:, kv_len - n_new:] = key_pos[None, kv_len - n_new:] <= q_pos[:, None]
-        if window:
-            mask &= key_pos[None, :] > q_pos[:, None] - int(window)
-        mask = mask[None, None]
-    kwargs.pop("is_causal", None)
-    return sdpa_attention_forward(module, query, key, value, mask, is_causal=False, **kwargs)
-
-
-def _register() -> None:
-    # the model still builds one mask for layer 0's lengths; _attention above ignores it
-    from vlmnb.engine.vlm import register_attention
-
-    register_attention(ATTENTION_NAME, _attention)
-
-
-def _unregister() -> None:
-    from vlmnb.engine.vlm import unregister_attention
-
-    unregister_attention(ATTENTION_NAME)
+        q_len, kv_len = query.shape[2], key.shape[2]
+        kept = self.positions[layer]
+        n_new = kv_len - int(kept.shape[0])
+        if n_new < q_len:
+            raise RuntimeError(f"layer {layer}: the cache holds {kv_len} keys but {kept.shape[0]} kept + "
+                               f"{q_len} new were expected; was the context modified?")
+        window = getattr(module, "sliding_window", None)
+        mask = None
+        if q_len > 1 or window:
+            new = self.new_positions[-n_new:]
+            key_pos = torch.cat([kept.to(query.device), new.to(query.device)])
+            q_pos = new[-q_len:].to(query.device)
+            mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device)
+            # among the new tokens: causal
+            mask[:, kv_len - n_new:] = key_pos[None, kv_len - n_new:] <= q_pos[:, None]
+            if window:
+                mask &= key_pos[None, :] > q_pos[:, None] - int(window)
+            mask = mask[None, None]
+        kwargs.pop("is_causal", None)
+        return sdpa_attention_forward(module, query, key, value, mask, is_causal=False, **kwargs)
 
 
 @contextmanager
 def _compressed_attention(vlm, state: _AskState) -> Iterator[None]:
     """Select the compressed-context attention for the text decoder; restore everything after."""
-    if getattr(vlm, "_active", None) is not None:
+    if vlm.active is not None:
         raise RuntimeError("ask() cannot run inside vlm.intervene(); leave the intervention context first")
-    modules = vlm._attention_modules()
-    saved = [(cfg, cfg.__dict__.get("_attn_implementation_internal")) for cfg in vlm._all_configs()]
-    _register()
-    try:
-        vlm._decoder.set_attn_implementation(ATTENTION_NAME)
-        for layer, module in enumerate(modules):
-            _ACTIVE[module] = (state, layer)
+    with AttentionSwap(vlm, ATTENTION_NAME, state):
         yield
-    finally:
-        for module in modules:
-            _ACTIVE.pop(module, None)
-        for cfg, value in saved:
-            cfg._attn_implementation_internal = value
-        _unregister()
 
 
 # ============================================================================ follow-up turns
@@ -137,8 +111,6 @@ def followup_text(processor, prompt: str, question: str, family: str) -> str:
 
     Without a chat template (or one that does not render a second turn): ``"\\n" + question``.
     """
-    from vlmnb.engine.spans import render_prompt
-
     first = render_prompt(processor, prompt, family)
     template = getattr(processor, "chat_template", None)
     if template and _SENTINEL not in question:
@@ -202,9 +174,7 @@ class ImagePass:
 
     def kept_positions(self, k: float, keep: str = "query+topk") -> list[np.ndarray]:
         """Per layer, the sorted absolute prompt positions a context with ``k`` and ``keep`` keeps."""
-        from vlmnb.experiments.sweep import topk_dropped
-
-        _check_keep(k, keep)
+        check_keep(k, keep)
         spans = self.prepared.spans
         image = np.asarray(spans.image)
         text = np.setdiff1d(np.arange(self.prompt_length), image)
@@ -236,7 +206,8 @@ class ImagePass:
             description=self.description, n_image_tokens=n_image, full_prompt_length=self.prompt_length)
 
 
-def _check_keep(k: float, keep: str) -> None:
+def check_keep(k: float, keep: str) -> None:
+    """ValueError unless ``keep`` is one of :data:`KEEP_MODES` and ``k`` a fraction in (0, 1]."""
     if keep not in KEEP_MODES:
         raise ValueError(f"keep={keep!r}: use one of {KEEP_MODES}")
     if keep != "query" and not (isinstance(k, (int, float)) and 0 < k <= 1):
@@ -244,11 +215,9 @@ def _check_keep(k: float, keep: str) -> None:
 
 
 def _check_family(vlm) -> None:
-    from vlmnb.engine.spans import SUPPORTED_FAMILIES
-
-    if vlm.family not in SUPPORTED_FAMILIES:
+    if vlm.family not in families.REGISTRY:
         raise NotImplementedError(f"compressed contexts are not supported for family {vlm.family!r}; "
-                                  f"supported: {', '.join(SUPPORTED_FAMILIES)}")
+                                  f"supported: {', '.join(families.NAMES)}")
 
 
 def describe(vlm, image, prompt: str = "describe the image", max_new_tokens: int = 64) -> ImagePass:
@@ -260,8 +229,6 @@ def describe(vlm, image, prompt: str = "describe the image", max_new_tokens: int
     import torch
     from transformers import DynamicCache
 
-    from vlmnb.engine.record import Record
-
     _check_family(vlm)
     inp = image if hasattr(image, "spans") and hasattr(image, "inputs") else vlm.prepare(image, prompt=prompt)
     gen = vlm.generate(inp, max_new_tokens=max_new_tokens, record=Record(fractions=False, image_rows=True))
@@ -270,10 +237,10 @@ def describe(vlm, image, prompt: str = "describe the image", max_new_tokens: int
     # an empty full-attention cache: sliding-window cache layers would drop the early keys
     cache = DynamicCache()
     with torch.no_grad():
-        vlm.model(**inputs, **{_cache_kwarg(vlm.model): cache}, use_cache=True)
+        vlm.model(**inputs, **{vlm.cache_argument: cache}, use_cache=True)
     rope_delta = None
-    if vlm.family in MROPE_FAMILIES:
-        deltas = getattr(_inner(vlm), "rope_deltas", None)
+    if families.get(vlm.family).mrope:
+        deltas = getattr(vlm.inner_model, "rope_deltas", None)
         if deltas is None:
             raise NotImplementedError(f"{vlm.family}: the model did not expose its rope_deltas after the prompt "
                                       "pass, so the positions of new tokens are unknown")
@@ -306,7 +273,7 @@ def compress(vlm, image, k: float = 0.05, prompt: str = "describe the image", ke
         ctx = vlmnb.engine.compress(vlm, "photo.jpg", k=0.05)
         ctx.ask("Is there a dog in the image? Please answer yes or no.")
     """
-    _check_keep(k, keep)
+    check_keep(k, keep)
     return describe(vlm, image, prompt=prompt, max_new_tokens=max_new_tokens).compress(k=k, keep=keep)
 
 
@@ -392,7 +359,7 @@ class CompressedContext:
         cache = DynamicCache(ddp_cache_data=[(k, v) for k, v in zip(self.keys, self.values)])
         state = _AskState(positions=[torch.as_tensor(p, dtype=torch.long, device=device) for p in self.positions])
         eos = _eos_ids(self.vlm)
-        cache_kw = _cache_kwarg(self.vlm.model)
+        cache_kw = self.vlm.cache_argument
         generated: list[int] = []
         step_ids, start = ids, self.next_position
         all_new = torch.arange(self.next_position, self.next_position + len(ids), device=device)

@@ -31,7 +31,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-SPAN_NAMES = ("system", "image", "query", "generated")
+from vlmnb.core.vocab import SPAN_NAMES
+
+__all__ = ["SPAN_NAMES", "Knockout", "FromLayer", "Outside", "from_layer", "outside", "resolve_layers",
+           "as_knockout_list", "RowLayout", "span_positions", "check_spans", "resolve_selection", "LayerPlan",
+           "KnockoutPlan"]
 
 
 # ----------------------------------------------------------------------------- layer sets
@@ -240,7 +244,7 @@ def check_spans(spans: Any, prompt_length: int) -> None:
         raise ValueError("the prompt has no image tokens (empty 'image' span): check the prompt and processor")
 
 
-def _resolve(sel: Any, row: RowLayout, length: int, what: str) -> np.ndarray:
+def resolve_selection(sel: Any, row: RowLayout, length: int, what: str) -> np.ndarray:
     """A selection as a boolean vector over padded absolute positions ``0..length-1``."""
     vec = np.zeros(length, dtype=bool)
     if _is_name_selection(sel):
@@ -322,12 +326,12 @@ class KnockoutPlan:
                 if slot >= len(knockouts):
                     continue
                 ko = knockouts[slot]
-                dst = _resolve(ko.dst, row, length, "dst")
-                const_src = None if isinstance(ko.src, Mapping) else _resolve(ko.src, row, length, "src")
+                dst = resolve_selection(ko.dst, row, length, "dst")
+                const_src = None if isinstance(ko.src, Mapping) else resolve_selection(ko.src, row, length, "src")
                 for layer in ko.layer_indices(self.n_layers):
                     if const_src is None:
                         positions = ko.src[layer]
-                        src = _resolve(positions, row, length, "src")
+                        src = resolve_selection(positions, row, length, "src")
                     else:
                         src = const_src
                     srcs.setdefault(layer, np.zeros((batch, length), dtype=bool))[b] = src

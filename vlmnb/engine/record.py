@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from vlmnb.engine.knockout import SPAN_NAMES, resolve_layers
+from vlmnb.core.vocab import SPAN_NAMES
+from vlmnb.engine.knockout import resolve_layers
 
 
 @dataclass
@@ -139,7 +140,14 @@ class Recorder:
         self._onehot = None
 
     def wants(self, layer: int) -> bool:
+        """Whether ``layer`` is recorded."""
         return layer in self._slot
+
+    def set_key_spans(self, key_spans) -> None:
+        """Replace the key labels (the run grew longer) and drop what was derived from them."""
+        self.key_spans = key_spans
+        self._device_cache = {}
+        self._onehot_key = None
 
     def _on(self, device):
         key = str(device)

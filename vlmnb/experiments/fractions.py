@@ -21,8 +21,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from vlmnb.engine.record import Record
 from vlmnb.data.store import ResultStore
+from vlmnb.engine.record import Record
+from vlmnb.experiments.paper import DEPTH, FRACTIONS
+from vlmnb.experiments.units import by_image, key, run_units
 
 SPANS = ("system", "image", "query", "generated")
 
@@ -47,15 +49,15 @@ def _unit(vlm, sample, prompt: str, max_new_tokens: int) -> list[dict]:
 
 def run(vlm, samples: Sequence, store: ResultStore, *, prompt: str = "describe the image",
         max_new_tokens: int = 64, progress: bool = True) -> pd.DataFrame:
-    """Describe every sample with recording on; skip samples already in ``store``."""
-    from tqdm.auto import tqdm
+    """Describe every sample with recording on, one unit per image (config ``"baseline"``);
+    units already in ``store`` are skipped. Returns the store's rows."""
+    by_id = by_image(samples)
 
-    for sample in tqdm(samples, desc="describing with attention recorded", disable=not progress):
-        key = {"model": vlm.name, "image_id": str(sample.image_id), "config": "baseline"}
-        if store.done(key):
-            continue
-        store.put(key, _unit(vlm, sample, prompt, max_new_tokens))
-    store.flush()
+    def compute(model, image_id, config):
+        return _unit(vlm, by_id[image_id], prompt, max_new_tokens)
+
+    run_units(store, [key(vlm.name, image_id, "baseline") for image_id in by_id], compute,
+              progress=progress, desc="describing with attention recorded")
     return store.frame()
 
 
@@ -66,14 +68,16 @@ def fraction_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def layer_bands(n_layers: int) -> dict[str, tuple[int, int]]:
-    """The paper's layer bands (of 80 layers) scaled to ``n_layers``: early 0-5, then 6-19,
-    middle 20-40, late 41-79, each at least one layer wide (inclusive bounds)."""
+    """The paper's layer bands (of 80 layers, Sec. 4 / Fig. 1) scaled to ``n_layers``: early 0-5,
+    then 6-19, middle 20-40, late 41-79, each at least one layer wide (inclusive bounds)."""
     def at(fraction: float) -> int:
         return int(round(fraction * n_layers))
 
-    early_end = max(0, at(6 / 80) - 1)
-    mid_start = max(early_end + 1, at(20 / 80))
-    mid_end = max(mid_start, at(41 / 80) - 1)
+    early_last = FRACTIONS["image_share_high_layers"][1]
+    mid_first, mid_last = FRACTIONS["image_share_mid_rise_layers"]
+    early_end = max(0, at((early_last + 1) / DEPTH) - 1)
+    mid_start = max(early_end + 1, at(mid_first / DEPTH))
+    mid_end = max(mid_start, at((mid_last + 1) / DEPTH) - 1)
     return {
         "early": (0, early_end),
         "pre-middle": (early_end + 1, mid_start - 1),
@@ -132,17 +136,19 @@ def claims(frame: pd.DataFrame, n_layers: int) -> pd.DataFrame:
     mid_rise = bool("middle" in img and "pre-middle" in img and img["middle"] > img["pre-middle"])
     q_tok, q_att = shares.loc["query", "token share"], shares.loc["query", "attention share"]
     fmt = "{:.2f}".format
+    (early_a, early_b), (mid_a, mid_b) = FRACTIONS["image_share_high_layers"], FRACTIONS["image_share_mid_rise_layers"]
+    tok_max, att_min = FRACTIONS["query_token_share_max"], FRACTIONS["query_attention_share_min"]
     return pd.DataFrame([
         {"claim": "image share is highest in the first layers",
-         "paper": "layers 0-5 of 80 (InternVL2-76B)",
+         "paper": f"layers {early_a}-{early_b} of {DEPTH} (InternVL2-76B)",
          "ours": f"early {fmt(img['early'])} vs max later band {fmt(max(img[b] for b in rest)) if rest else 'n/a'}",
          "held": early_high},
         {"claim": "image share rises again in the middle layers",
-         "paper": "layers 20-40 of 80",
+         "paper": f"layers {mid_a}-{mid_b} of {DEPTH}",
          "ours": f"middle {fmt(img.get('middle', np.nan))} vs before {fmt(img.get('pre-middle', np.nan))}",
          "held": mid_rise},
-        {"claim": "query tokens: < 5% of the tokens",
-         "paper": "< 0.05", "ours": fmt(q_tok), "held": bool(q_tok < 0.05)},
-        {"claim": "query tokens take > 60% of the attention (after the first layers)",
-         "paper": "> 0.60", "ours": fmt(q_att), "held": bool(q_att > 0.60)},
+        {"claim": f"query tokens: < {tok_max:.0%} of the tokens",
+         "paper": f"< {fmt(tok_max)}", "ours": fmt(q_tok), "held": bool(q_tok < tok_max)},
+        {"claim": f"query tokens take > {att_min:.0%} of the attention (after the first layers)",
+         "paper": f"> {fmt(att_min)}", "ours": fmt(q_att), "held": bool(q_att > att_min)},
     ])

@@ -12,6 +12,13 @@ MODELS = {
     "InternVL2-76B": {"layers": 80, "image_tokens": "~1600-1700 (dynamic tiles)", "hub_id": "OpenGVLab/InternVL2-Llama3-76B"},
     "LLaVA-1.5-7B": {"layers": 32, "image_tokens": 576, "hub_id": "llava-hf/llava-1.5-7b-hf"},
 }
+#: every hub id under which the paper's models are published (the original LLaVA repo too)
+HUB_IDS = {
+    "InternVL2-76B": ("OpenGVLab/InternVL2-Llama3-76B",),
+    "LLaVA-1.5-7B": ("llava-hf/llava-1.5-7b-hf", "liuhaotian/llava-v1.5-7b"),
+}
+#: the depth the paper's layer numbers refer to (InternVL2-76B's 80 decoder layers)
+DEPTH = MODELS["InternVL2-76B"]["layers"]
 
 # E1: attention fractions (Sec. 4, Fig. 1) -- InternVL2-76B, 80 COCO images.
 FRACTIONS = {
@@ -34,6 +41,9 @@ KNOCKOUT_WINDOW = {
 KNOCKOUT_FROM_LAYER = {
     "InternVL2-76B": {"no_effect_after": 40, "sharp_rise_between": (20, 40), "ceiling_f1": 0.8},
 }
+#: the middle-layer window the paper keeps open in its "outside" knockouts, by hub id
+#: (Sec. 4.4 for InternVL2-76B; App. D for LLaVA-1.5-7B)
+PAPER_WINDOWS = {hub: KNOCKOUT_WINDOW[name]["window"] for name, hubs in HUB_IDS.items() for hub in hubs}
 
 # E3: the judge's user study (App. B).
 USER_STUDY = {
@@ -52,7 +62,9 @@ LOCALIZATION = {
 # E5: image-token redundancy (Sec. 5, Fig. 9, A7).
 PRUNING = {
     "InternVL2-76B": {"plateau_k": 0.05, "tokens_at_5pct": 80},
-    "LLaVA-1.5-7B": {"tokens_at_5pct": 28, "note": "saturates more slowly than InternVL2"},
+    # App. (Fig. A7): "5% ... maps to only 13 tokens" of LLaVA-1.5's 256 as the paper counts them
+    "LLaVA-1.5-7B": {"tokens_at_5pct": 13, "image_tokens": 256, "f1_above": 0.8,
+                     "note": "saturates more slowly than InternVL2"},
 }
 
 # E6: image re-prompting on MME, InternVL2-76B (Table 1). (ACC, ACC+) per subset.
@@ -96,3 +108,28 @@ def mme_table1_frame():
             rows.append({"method": method, "subset": subset, "acc": acc, "acc_plus": acc_plus,
                          "tokens": entry["tokens"]})
     return pd.DataFrame(rows)
+
+
+# Table 1's compressed-context rows (Sec. 5): "Query + K" for these fractions, and "K only".
+TABLE1_KS = (0.05, 0.02)
+TABLE1_ONLY_K = 0.02
+
+
+def model_for(name: str) -> str | None:
+    """The paper's name of a model given by one of its hub ids or by the paper's name, else None."""
+    for paper_name, hubs in HUB_IDS.items():
+        if name == paper_name or name in hubs:
+            return paper_name
+    return None
+
+
+def scale_layers(layers: tuple[int, int], n_layers: int, depth: int = DEPTH) -> tuple[int, int]:
+    """Layers the paper names (of ``depth``), at the same relative depth in a model of
+    ``n_layers`` layers, rounded: ``scale_layers((20, 40), 32) == (8, 16)``."""
+    return tuple(int(round(n_layers * layer / depth)) for layer in layers)
+
+
+def rise_layers(n_layers: int) -> tuple[int, int]:
+    """Where F1 rises sharply when the knockout starts at layer l, scaled to ``n_layers``: between
+    layers 20 and 40 of 80 in the paper (Sec. 4.3, Fig. 2f)."""
+    return scale_layers(KNOCKOUT_FROM_LAYER["InternVL2-76B"]["sharp_rise_between"], n_layers)

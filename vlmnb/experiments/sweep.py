@@ -6,7 +6,8 @@ from a layer on, or outside a window of layers, or ``top-k`` (generated tokens s
 k% most attended image tokens of each layer, chapter 4). :func:`run` generates every
 configuration for every image into a :class:`~vlmnb.data.store.ResultStore` (one unit per image
 and configuration, so reruns skip finished work); :func:`score` compares each configuration's
-description with the baseline's using a judge.
+description with the baseline's using a judge; :func:`claims` checks the paper's findings
+(:func:`knockout_claims` for chapter 2, :func:`pruning_claims` for chapter 4).
 
 The baseline unit also stores, per layer and image token, the attention the generated tokens
 gave to that token (``metric="image_attention"``): top-k configurations are built from it,
@@ -20,9 +21,15 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from vlmnb.data.store import ResultStore
+from vlmnb.engine import batched
 from vlmnb.engine.knockout import FromLayer, Knockout, Outside, from_layer, outside
 from vlmnb.engine.record import Record
-from vlmnb.data.store import ResultStore
+from vlmnb.engine.topk import topk_dropped
+from vlmnb.experiments import paper
+from vlmnb.experiments.stats import summarize
+from vlmnb.experiments.units import by_image, key, run_units
+from vlmnb.judge import compare_many, get_judge
 
 #: the paper's three knockout configurations: which queries lose sight of the image
 KINDS = {
@@ -110,7 +117,7 @@ def knockout_configs(n_layers: int, stride: int | None = None, window: tuple[int
     for kind in kinds:
         configs.append(Config(kind))
         if stride:
-            configs += [Config(kind, from_layer(l)) for l in range(stride, n_layers, stride)]
+            configs += [Config(kind, from_layer(layer)) for layer in range(stride, n_layers, stride)]
         if window is not None:
             configs.append(Config(kind, outside(*window)))
     return configs
@@ -119,24 +126,6 @@ def knockout_configs(n_layers: int, stride: int | None = None, window: tuple[int
 def topk_configs(ks: Sequence[float]) -> list[Config]:
     """Baseline plus one top-k configuration per fraction in ``ks``."""
     return [Config("baseline")] + [Config("top-k", k=float(k)) for k in ks]
-
-
-def topk_dropped(image_attention: np.ndarray, image_positions: np.ndarray, k: float) -> dict[int, np.ndarray]:
-    """Per layer, the image positions *not* among the top ``k`` fraction by attention.
-
-    ``image_attention`` is (n_layers, n_image): the attention the generated tokens gave each
-    image token in the baseline run, averaged over heads and tokens (the paper's ranking).
-    At least one token is kept per layer. Ties break towards the earlier token.
-    """
-    att = np.asarray(image_attention, dtype=float)
-    positions = np.asarray(image_positions)
-    keep = max(1, int(round(k * att.shape[1])))
-    dropped = {}
-    for layer, row in enumerate(att):
-        order = np.argsort(-row, kind="stable")
-        if keep < len(order):
-            dropped[layer] = np.sort(positions[order[keep:]])
-    return dropped
 
 
 def _unit_rows(config: Config, out) -> list[dict]:
@@ -150,13 +139,15 @@ def _unit_rows(config: Config, out) -> list[dict]:
     return rows
 
 
-def _baseline_record() -> Record:
+def baseline_record() -> Record:
+    """What the baseline records: per layer, the attention of the generated tokens to each
+    image token (top-k configurations are built from it)."""
     return Record(fractions=False, image_rows=True)
 
 
 def _generate_unit(vlm, inp, config: Config, max_new_tokens: int, baseline_attention=None) -> list[dict]:
     if config.kind == "baseline":
-        out = vlm.generate(inp, max_new_tokens=max_new_tokens, record=_baseline_record())
+        out = vlm.generate(inp, max_new_tokens=max_new_tokens, record=baseline_record())
         return _unit_rows(config, out)
     knockouts = config.knockouts(baseline_attention, inp.spans.image)
     out = vlm.generate(inp, max_new_tokens=max_new_tokens, knockout=knockouts or None)
@@ -170,7 +161,9 @@ def _baseline_attention(store: ResultStore, model: str, image_id: str) -> np.nda
     return df.pivot_table(index="layer", columns="token", values="value").to_numpy()
 
 
-def _sorted_configs(configs: Sequence[Config]) -> list[Config]:
+def sorted_configs(configs: Sequence[Config]) -> list[Config]:
+    """The configurations in the order :func:`run` generates them: the baseline first (added
+    when missing), the others as given. Two configurations with one name are an error."""
     configs = list(configs)
     if not any(c.kind == "baseline" for c in configs):
         configs = [Config("baseline")] + configs
@@ -186,9 +179,11 @@ def run(vlm, samples: Sequence, configs: Sequence[Config], store: ResultStore, *
         batch: bool = True, max_batch_rows: int = 32) -> pd.DataFrame:
     """Generate every configuration for every sample into ``store``; returns the store's rows.
 
-    Units already in the store are skipped, so an interrupted sweep resumes without loss or
-    duplicates. The baseline is always run first for each image (configurations are judged
-    against it, and top-k ones are built from its attention).
+    One unit per (image, configuration), through the store's resumable loop
+    (:func:`vlmnb.experiments.units.run_units`): units already in the store are skipped, so an
+    interrupted sweep resumes without loss or duplicates; a part file is written per image.
+    The baseline is always run first for each image (configurations are judged against it,
+    and top-k ones are built from its attention).
 
     ``batch=True`` (default) generates the configurations of one image together: the
     system and image tokens run once, and up to ``max_batch_rows`` configurations decode
@@ -197,32 +192,31 @@ def run(vlm, samples: Sequence, configs: Sequence[Config], store: ResultStore, *
     """
     if max_batch_rows < 1:
         raise ValueError(f"max_batch_rows must be at least 1, got {max_batch_rows}")
-    configs = _sorted_configs(configs)
+    configs = sorted_configs(configs)
     if batch:
-        _run_batched(vlm, samples, configs, store, prompt, max_new_tokens, progress, max_batch_rows)
-        return store.frame()
-    from tqdm.auto import tqdm
-
-    total = len(samples) * len(configs)
-    bar = tqdm(total=total, desc="generating", unit="run", disable=not progress)
-    for sample in samples:
-        image_id = str(sample.image_id)
-        inp = None
-        baseline_attention = None
-        for config in configs:
-            key = {"model": vlm.name, "image_id": image_id, "config": config.name}
-            if store.done(key):
-                bar.update(1)
-                continue
-            inp = inp or vlm.prepare(sample.image, prompt=prompt)
-            if config.kind == "top-k" and baseline_attention is None:
-                baseline_attention = _baseline_attention(store, vlm.name, image_id)
-            store.put(key, _generate_unit(vlm, inp, config, max_new_tokens, baseline_attention))
-            bar.update(1)
-            bar.set_postfix_str(f"{image_id} | {config.name}")
-        store.flush()
-    bar.close()
+        _run_batched(vlm, by_image(samples), configs, store, prompt, max_new_tokens, progress, max_batch_rows)
+    else:
+        _run_sequential(vlm, by_image(samples), configs, store, prompt, max_new_tokens, progress)
     return store.frame()
+
+
+def _run_sequential(vlm, by_id: dict, configs: list[Config], store, prompt, max_new_tokens, progress) -> None:
+    by_name = {c.name: c for c in configs}
+    image: dict = {}  # the current image's input and baseline attention, made when first needed
+
+    def compute(model, image_id, config):
+        if image.get("id") != image_id:
+            image.clear()
+            image["id"] = image_id
+        config = by_name[config]
+        if "inp" not in image:
+            image["inp"] = vlm.prepare(by_id[image_id].image, prompt=prompt)
+        if config.kind == "top-k" and "attention" not in image:
+            image["attention"] = _baseline_attention(store, vlm.name, image_id)
+        return _generate_unit(vlm, image["inp"], config, max_new_tokens, image.get("attention"))
+
+    keys = [key(vlm.name, image_id, c.name) for image_id in by_id for c in configs]
+    run_units(store, keys, compute, progress=progress, desc="generating", part_per="image_id")
 
 
 def image_batches(configs: Sequence[Config], max_batch_rows: int) -> list[list[Config]]:
@@ -241,46 +235,40 @@ def image_batches(configs: Sequence[Config], max_batch_rows: int) -> list[list[C
     return batches
 
 
-def _run_batched(vlm, samples, configs, store, prompt, max_new_tokens, progress, max_batch_rows) -> None:
-    import time
+def _run_batched(vlm, by_id: dict, configs: list[Config], store, prompt, max_new_tokens, progress,
+                 max_batch_rows) -> None:
+    # the units in batch order: the batches are made of each image's units not yet stored
+    keys, batch_of = [], {}
+    for image_id in by_id:
+        todo = [c for c in configs if not store.done(key(vlm.name, image_id, c.name))]
+        for group in image_batches(todo, max_batch_rows):
+            for c in group:
+                keys.append(key(vlm.name, image_id, c.name))
+                batch_of[(image_id, c.name)] = group
+    image: dict = {}  # the current image's input, shared prefix and baseline attention
+    ready: dict = {}  # rows of the batch's other configurations, computed with the first
 
-    from tqdm.auto import tqdm
-
-    from vlmnb.engine import batched
-
-    n_images = len(samples)
-    bar = tqdm(total=n_images * len(configs), desc="generating", unit="config", disable=not progress)
-    tokens, started = 0, time.monotonic()
-    for done_images, sample in enumerate(samples):
-        image_id = str(sample.image_id)
-
-        def key(config):
-            return {"model": vlm.name, "image_id": image_id, "config": config.name}
-
-        todo = [c for c in configs if not store.done(key(c))]
-        bar.update(len(configs) - len(todo))
-        if todo:
-            inp = vlm.prepare(sample.image, prompt=prompt)
+    def compute(model, image_id, config):
+        if (image_id, config) in ready:
+            return ready.pop((image_id, config))
+        if image.get("id") != image_id:
+            inp = vlm.prepare(by_id[image_id].image, prompt=prompt)
             # the system and image tokens run once per image, for every batch of it
             prefix = batched.compute_prefix(vlm, inp) if batched.supports_prefix(vlm) else False
-            baseline_attention = None
-            for group in image_batches(todo, max_batch_rows):
-                if any(c.kind == "top-k" for c in group) and baseline_attention is None:
-                    baseline_attention = _baseline_attention(store, vlm.name, image_id)
-                row_knockouts = [c.knockouts(baseline_attention, inp.spans.image) for c in group]
-                record = _baseline_record() if group[0].kind == "baseline" else None
-                outs = batched.generate_rows(vlm, inp, row_knockouts, max_new_tokens, record=record,
-                                             prefix=prefix, record_rows=[0] if record is not None else None)
-                for config, out in zip(group, outs):
-                    store.put(key(config), _unit_rows(config, out))
-                    tokens += len(out.token_ids)
-                bar.update(len(group))
-                rate = tokens / max(time.monotonic() - started, 1e-9)
-                bar.set_postfix_str(f"image {done_images + 1}/{n_images} {image_id} | {rate:.1f} tok/s")
-            store.flush()
-        bar.set_postfix_str(f"images {done_images + 1}/{n_images} | "
-                            f"{tokens / max(time.monotonic() - started, 1e-9):.1f} tok/s")
-    bar.close()
+            image.clear()
+            image.update(id=image_id, inp=inp, prefix=prefix)
+        group, inp = batch_of[(image_id, config)], image["inp"]
+        if any(c.kind == "top-k" for c in group) and "attention" not in image:
+            image["attention"] = _baseline_attention(store, vlm.name, image_id)
+        row_knockouts = [c.knockouts(image.get("attention"), inp.spans.image) for c in group]
+        record = baseline_record() if group[0].kind == "baseline" else None
+        outs = batched.generate_rows(vlm, inp, row_knockouts, max_new_tokens, record=record,
+                                     prefix=image["prefix"], record_rows=[0] if record is not None else None)
+        for c, out in zip(group, outs):
+            ready[(image_id, c.name)] = _unit_rows(c, out)
+        return ready.pop((image_id, config))
+
+    run_units(store, keys, compute, progress=progress, desc="generating", part_per="image_id")
 
 
 def config_table(configs: Sequence[Config]) -> pd.DataFrame:
@@ -302,8 +290,6 @@ def score(frame: pd.DataFrame, configs: Sequence[Config], judge: Any = None, pro
     Returns one row per (image, configuration) with precision, recall, f1, tp, fp, fn, the
     judge's name and whether the judgement succeeded (failures are NaN, never 0).
     """
-    from vlmnb.judge import compare_many, get_judge
-
     judge = get_judge(judge)
     text = descriptions(frame).set_index(["image_id", "config"]).text
     table = config_table(configs).set_index("config")
@@ -324,12 +310,8 @@ def score(frame: pd.DataFrame, configs: Sequence[Config], judge: Any = None, pro
 
 
 # ----------------------------------------------------------------------------- windows
-#: the paper's windows of middle layers, by model (hub ids as published)
-PAPER_WINDOWS = {
-    "OpenGVLab/InternVL2-Llama3-76B": (20, 40),
-    "llava-hf/llava-1.5-7b-hf": (4, 20),
-    "liuhaotian/llava-v1.5-7b": (4, 20),
-}
+#: the paper's windows of middle layers, by model (hub ids as published; defined in paper.py)
+PAPER_WINDOWS = paper.PAPER_WINDOWS
 
 
 def image_share_by_layer(frame: pd.DataFrame) -> pd.Series:
@@ -351,7 +333,8 @@ def choose_window(model_name: str, frame: pd.DataFrame, n_layers: int) -> tuple[
     if model_name in PAPER_WINDOWS:
         return PAPER_WINDOWS[model_name], "the paper's window for this model"
     share = image_share_by_layer(frame).reindex(range(n_layers)).fillna(0).to_numpy()
-    width = max(1, int(round(n_layers / 4)))
+    first, last = paper.KNOCKOUT_WINDOW["InternVL2-76B"]["window"]
+    width = max(1, int(round(n_layers * (last - first) / paper.DEPTH)))
     best, best_mean = (1, min(width, n_layers - 1)), -1.0
     for a in range(1, n_layers - width + 1):
         mean = share[a:a + width].mean()
@@ -362,8 +345,6 @@ def choose_window(model_name: str, frame: pd.DataFrame, n_layers: int) -> tuple[
 
 def summarize_scores(scores: pd.DataFrame, by=("kind", "scope", "start"), seed: int = 0) -> pd.DataFrame:
     """Mean F1 with a 95% bootstrap interval per group (failed judgements dropped)."""
-    from vlmnb.experiments.stats import summarize
-
     ok = scores[scores.ok.astype(bool)].copy()
     by = [b for b in by if b in ok.columns]
     ok[by] = ok[by].astype(object).where(ok[by].notna(), "-")
@@ -397,32 +378,36 @@ def knockout_claims(all_summary: pd.DataFrame, from_summary: pd.DataFrame, n_lay
         row = all_summary[(all_summary.kind == kind) & (all_summary.scope == scope)]
         return None if row.empty else row.iloc[0]
 
+    f1_all = paper.KNOCKOUT_F1_ALL_LAYERS["InternVL2-76B"]
+    open_window = paper.KNOCKOUT_WINDOW["InternVL2-76B"]
+    (a, b), (f1_low, f1_high) = open_window["window"], open_window["f1_range"]
+    rise = paper.KNOCKOUT_FROM_LAYER["InternVL2-76B"]["sharp_rise_between"]
     rows = []
     r = get("img->gen", "all")
     if r is not None:
         rows.append({"claim": "KO img->gen in all layers keeps part of the description",
-                     "paper": "F1 ~0.40 (InternVL2-76B)",
+                     "paper": f"F1 ~{f1_all['img->gen']:.2f} (InternVL2-76B)",
                      "ours": f"{r['mean']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]", "held": bool(r["ci_low"] > 0.1)})
     for kind in ("img->query", "img->query+gen"):
         r = get(kind, "all")
         if r is not None:
             rows.append({"claim": f"KO {kind} in all layers destroys the description",
-                         "paper": "F1 ~0", "ours": f"{r['mean']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]",
+                         "paper": f"F1 ~{f1_all[kind]:g}", "ours": f"{r['mean']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]",
                          "held": bool(r["mean"] < 0.1)})
     if window is not None:
         for kind in KINDS:
             r = get(kind, "outside")
             if r is not None:
                 rows.append({"claim": f"KO {kind} outside layers {window[0]}-{window[1]} keeps the description",
-                             "paper": "F1 0.75-0.81 (window 20-40 of 80)",
+                             "paper": f"F1 {f1_low}-{f1_high} (window {a}-{b} of {paper.DEPTH})",
                              "ours": f"{r['mean']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]",
-                             "held": bool(r["mean"] >= 0.75)})
-    lo, hi = int(round(n_layers * 20 / 80)), int(round(n_layers * 40 / 80))
+                             "held": bool(r["mean"] >= f1_low)})
+    lo, hi = paper.rise_layers(n_layers)
     for kind in KINDS:
         layer = rise_layer(from_summary, kind)
         if kind in set(from_summary.kind):
             rows.append({"claim": f"KO {kind} from layer l: F1 rises in the middle layers",
-                         "paper": f"sharp rise between layers 20 and 40 of 80 (here {lo}-{hi})",
+                         "paper": f"sharp rise between layers {rise[0]} and {rise[1]} of {paper.DEPTH} (here {lo}-{hi})",
                          "ours": "never reaches 0.5" if layer is None else f"F1 >= 0.5 from layer {layer}",
                          "held": layer is not None and lo <= layer <= hi})
     return pd.DataFrame(rows)
@@ -434,7 +419,8 @@ def topk_tokens(k: float, n_image: int) -> int:
     return max(1, int(round(float(k) * int(n_image))))
 
 
-def pruning_claims(k_summary: pd.DataFrame, n_image: int, k_main: float = 0.05) -> pd.DataFrame:
+def pruning_claims(k_summary: pd.DataFrame, n_image: int,
+                   k_main: float = paper.PRUNING["InternVL2-76B"]["plateau_k"]) -> pd.DataFrame:
     """The paper's Sec. 5 / Fig. 9 / A7 findings, checked on this run (claim, paper, ours, held).
 
     ``k_summary``: mean F1 with its interval per ``k`` (``summarize_scores(scores, by=("k",))``).
@@ -443,19 +429,21 @@ def pruning_claims(k_summary: pd.DataFrame, n_image: int, k_main: float = 0.05) 
     larger k below 100%; "more tokens help" = F1 at the largest k at least F1 at the smallest.
     """
     s = k_summary.assign(k=k_summary["k"].astype(float)).sort_values("k").set_index("k")
+    llava, plateau_k = paper.PRUNING["LLaVA-1.5-7B"], paper.PRUNING["InternVL2-76B"]["plateau_k"]
     rows = []
     if k_main in s.index:
         main = s.loc[k_main]
         n = topk_tokens(k_main, n_image)
         rows.append({"claim": f"top {k_main * 100:g}% of image tokens ({n} of {n_image}) keep most objects",
-                     "paper": "F1 > 0.8 with a few % (LLaVA-1.5: 5% = 13 of 256 tokens, Fig. A7)",
+                     "paper": f"F1 > {llava['f1_above']:g} with a few % (LLaVA-1.5: {plateau_k * 100:g}% = "
+                              f"{llava['tokens_at_5pct']} of {llava['image_tokens']} tokens, Fig. A7)",
                      "ours": f"F1 {main['mean']:.2f} [{main['ci_low']:.2f}, {main['ci_high']:.2f}]",
-                     "held": bool(main["mean"] >= 0.8)})
+                     "held": bool(main["mean"] >= llava["f1_above"])})
         larger = s[(s.index > k_main) & (s.index < 1)]
         if len(larger):
             best = float(larger["mean"].max())
             rows.append({"claim": f"F1 plateaus by k = {k_main * 100:g}%",
-                         "paper": "plateau from ~5% (InternVL2-76B, Fig. 9)",
+                         "paper": f"plateau from ~{plateau_k * 100:g}% (InternVL2-76B, Fig. 9)",
                          "ours": f"F1 {main['mean']:.2f} at {k_main * 100:g}% vs best {best:.2f} above it",
                          "held": bool(main["mean"] >= best - 0.1)})
     if len(s) >= 2:
@@ -465,3 +453,16 @@ def pruning_claims(k_summary: pd.DataFrame, n_image: int, k_main: float = 0.05) 
                      "ours": f"F1 {lo['mean']:.2f} at {s.index[0] * 100:g}% -> {hi['mean']:.2f} at {s.index[-1] * 100:g}%",
                      "held": bool(hi["mean"] >= lo["mean"])})
     return pd.DataFrame(rows, columns=["claim", "paper", "ours", "held"])
+
+
+def claims(summary: pd.DataFrame, *args, **kwargs) -> pd.DataFrame:
+    """The sweep's claims, checked on this run (claim, paper, ours, held).
+
+    A summary by ``k`` (:func:`summarize_scores` of top-k scores, chapter 4) gives the pruning
+    claims, ``claims(k_summary, n_image, k_main=0.05)`` = :func:`pruning_claims`; any other
+    summary the knockout claims, ``claims(all_summary, from_summary, n_layers, window)`` =
+    :func:`knockout_claims`.
+    """
+    if "k" in summary.columns and "kind" not in summary.columns:
+        return pruning_claims(summary, *args, **kwargs)
+    return knockout_claims(summary, *args, **kwargs)

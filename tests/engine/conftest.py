@@ -1,0 +1,222 @@
+"""Fixtures the engine tests share: a tiny random LLaVA built from a config with hand-made
+inputs (``tiny_llava``, ``tiny_vlm``, ``make_input``), noise images (``noise``), the tiny
+models of every family (``built``) and the painted-square geometry check (``make_local``,
+``assert_paint_localised``). Factories are session-scoped, so module-scoped fixtures can
+use them; each test module builds its own model from them."""
+from __future__ import annotations
+
+import functools
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from vlmnb.engine import tiny  # noqa: E402
+from vlmnb.engine.spans import prepare  # noqa: E402
+from vlmnb.engine.vlm import VLM  # noqa: E402
+
+IMAGE_TOKEN = 99
+N_IMAGE = 16  # (32 / 8) ** 2 patches, CLS dropped
+
+
+def _tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({f"w{i}": i for i in range(3, IMAGE_TOKEN)})
+    vocab["<image>"] = IMAGE_TOKEN
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   additional_special_tokens=["<image>"])
+
+
+def _tiny_llava(seed: int = 0, layers: int = 4, eager: bool = False):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=32, patch_size=8, projection_dim=32)
+    text = LlamaConfig(vocab_size=IMAGE_TOKEN + 1, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                       pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN,
+                         vision_feature_layer=-1, vision_feature_select_strategy="default",
+                         attn_implementation="eager" if eager else "sdpa")
+    model = LlavaForConditionalGeneration(config).eval()
+    # scale up the random weights a little so attention is far from uniform
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "q_proj" in name or "k_proj" in name:
+                p.mul_(4.0)
+    model.generation_config.eos_token_id = None  # fixed-length generations
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def _tiny_vlm(seed: int = 0, layers: int = 4, eager: bool = False) -> VLM:
+    return VLM(_tiny_llava(seed, layers, eager), _tiny_tokenizer(), name="tiny-llava", family="llava")
+
+
+class FakeSpans(SimpleNamespace):
+    """Stands in for vlmnb.engine.spans.Spans (same attributes and positions()), but mutable."""
+
+    def positions(self, name):
+        return getattr(self, name)
+
+
+def _make_input(system=(1, 5, 6), query=(7, 8, 9), image_seed: int = 0):
+    """A Prepared-like input: input_ids with the image placeholder, pixel values, spans."""
+    ids = list(system) + [IMAGE_TOKEN] * N_IMAGE + list(query)
+    input_ids = torch.tensor([ids])
+    g = torch.Generator().manual_seed(image_seed)
+    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+              "pixel_values": torch.randn(1, 3, 32, 32, generator=g)}
+    s = len(system)
+    spans = FakeSpans(system=np.arange(0, s), image=np.arange(s, s + N_IMAGE),
+                      query=np.arange(s + N_IMAGE, len(ids)), generated=np.arange(0))
+    return SimpleNamespace(inputs=inputs, spans=spans, input_ids=input_ids)
+
+
+def _noise(width, height, seed=0):
+    rng = np.random.RandomState(seed)
+    return Image.fromarray((rng.rand(height, width, 3) * 255).astype(np.uint8))
+
+
+@functools.lru_cache(maxsize=None)
+def _built(family):
+    return tiny.build(family, seed=0)
+
+
+def _make_local(model):
+    """Zero every linear map inside the vision encoder's transformer layers (in place): the
+    residual layers become the identity, so each image feature depends only on its own patches
+    (patch embedding, merging, pooling and projection stay as they are)."""
+    emptied = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and ("vision" in name or "visual" in name) \
+                and name.rsplit(".", 1)[-1] in ("layers", "layer", "blocks"):
+            for sub in module.modules():
+                if isinstance(sub, torch.nn.Linear):
+                    torch.nn.init.zeros_(sub.weight)
+                    if sub.bias is not None:
+                        torch.nn.init.zeros_(sub.bias)
+            emptied += 1
+    assert emptied == 1, f"expected one vision layer list, found {emptied}"
+    return model
+
+
+def _image_rows(model, prepared):
+    """The embeddings the language model receives at the image-span positions."""
+    captured = {}
+    lm = getattr(model.model, "language_model", None) or model.model.text_model
+
+    def hook(module, args, kwargs):
+        captured["embeds"] = kwargs["inputs_embeds"].detach().clone()
+
+    handle = lm.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(**prepared.inputs)
+    finally:
+        handle.remove()
+    return captured["embeds"][0, prepared.spans.image].numpy()
+
+
+def _assert_paint_localised(model, processor, size, rect):
+    """Paint ``rect`` of a flat ``size`` image: the image tokens whose boxes cover the paint must
+    change, those well away from it must not (``model`` must be local, see ``make_local``)."""
+    W, H = size
+    base = np.full((H, W, 3), 120, dtype=np.uint8)
+    painted = base.copy()
+    x0, y0, x1, y1 = rect
+    painted[y0:y1, x0:x1] = (250, 10, 30)
+    a = prepare(model, processor, Image.fromarray(base), "describe the image")
+    b = prepare(model, processor, Image.fromarray(painted), "describe the image")
+    assert np.array_equal(a.spans.image, b.spans.image)
+    change = np.abs(_image_rows(model, a) - _image_rows(model, b)).max(axis=1)
+    changed = change > 1e-5
+    # resampling kernels (bicubic, Lanczos) leave faint ringing a few pixels beyond the paint
+    changed_clearly = change > 0.05 * change.max()
+    g = a.geometry
+    boxes = g.boxes
+    has = g.has_box
+    # resampling filters spread the paint by a few processed pixels: allow a margin of a quarter
+    # token around the rectangle
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    with np.errstate(invalid="ignore"):
+        overlap_x = np.minimum(boxes[:, 2], x1) - np.maximum(boxes[:, 0], x0)
+        overlap_y = np.minimum(boxes[:, 3], y1) - np.maximum(boxes[:, 1], y0)
+        covers = has & (overlap_x > w / 4) & (overlap_y > h / 4)
+        far = has & ((overlap_x < -w / 4) | (overlap_y < -h / 4))
+    assert covers.sum() > 0 and far.sum() > 0
+    assert changed[covers].all(), f"tokens covering the paint did not change: {np.flatnonzero(covers & ~changed)}"
+    assert not changed_clearly[far].any(), f"tokens away from the paint changed: {np.flatnonzero(far & changed_clearly)}"
+    # structure tokens (markers, newlines) never depend on the pixels
+    assert not changed[~has].any()
+
+
+@pytest.fixture(scope="session")
+def image_token() -> int:
+    """The image placeholder id of the tiny LLaVA (``tiny_llava``)."""
+    return IMAGE_TOKEN
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """Factory: the word-level tokenizer of the tiny LLaVA (``w3`` .. ``w98``, ``<image>`` = 99)."""
+    return _tiny_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_llava():
+    """Factory ``(seed=0, layers=4, eager=False) -> model``: a tiny random LLaVA (SDPA or eager
+    attention; the same weights for the same seed), fixed-length generations."""
+    return _tiny_llava
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm():
+    """Factory ``(seed=0, layers=4, eager=False) -> VLM`` over :func:`tiny_llava`."""
+    return _tiny_vlm
+
+
+@pytest.fixture(scope="session")
+def make_input():
+    """Factory ``(system=(1, 5, 6), query=(7, 8, 9), image_seed=0)``: a prepared-like input of
+    the tiny LLaVA with mutable spans (tests break them on purpose)."""
+    return _make_input
+
+
+@pytest.fixture(scope="session")
+def noise():
+    """Factory ``(width, height, seed=0) -> PIL image`` of uniform noise."""
+    return _noise
+
+
+@pytest.fixture(scope="session")
+def built():
+    """Factory ``family -> (model, processor)``: the tiny model of ``family`` (seed 0), built once."""
+    return _built
+
+
+@pytest.fixture(scope="session")
+def make_local():
+    """Function ``model -> model``: zero the vision encoder's transformer layers in place, so each
+    image feature depends only on its own patches."""
+    return _make_local
+
+
+@pytest.fixture(scope="session")
+def assert_paint_localised():
+    """Function ``(model, processor, size, rect)``: the image tokens whose boxes cover a painted
+    rectangle change, those away from it do not (the model made local by ``make_local``)."""
+    return _assert_paint_localised

@@ -1,0 +1,63 @@
+"""The registry entry of a model family: everything vlmnb knows about it, in one place."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+
+def no_markers(config, processor) -> Iterable[Any]:
+    """Families whose image span holds only image tokens (no begin/end markers)."""
+    return ()
+
+
+def image_token_placeholder(processor) -> str:
+    """The usual placeholder: the processor's ``image_token``."""
+    return processor.image_token
+
+
+@dataclass(frozen=True)
+class Family:
+    """One supported model family (an entry of :data:`vlmnb.engine.families.REGISTRY`).
+
+    Attributes:
+        name: the family's name (``vlm.family``), e.g. ``"llava"``.
+        geometry: ``(config, processor, image_size, inputs) -> entries``: one entry per image
+            feature, in the model's feature order: ``(grid, row, col)`` of a
+            :class:`~vlmnb.engine.geometry.Grid`, or None for a feature that sees no patch
+            (see :func:`vlmnb.engine.geometry.lay_out`).
+        build_tiny: ``(seed, view) -> (model, processor)``: a tiny random model of the family
+            whose vision encoder sees ``view x view`` pictures (:mod:`vlmnb.engine.tiny`).
+        model_types: the ``config.model_type`` values of the family (default: ``(name,)``).
+        markers: ``(config, processor) -> ids``: the image-structure tokens (begin/end of image)
+            that delimit the image span besides the image tokens; None entries are ignored.
+        placeholder: ``processor -> str``: the string a prompt must contain for the processor
+            to insert the image.
+        prefix_sharing: whether rows may continue from one cached image prefix
+            (:mod:`vlmnb.engine.batched`; checked for every family by tests/engine/test_batched.py).
+        mrope: whether text positions are 3-D (Qwen2-VL's M-RoPE): new tokens after a
+            compressed context then take the model's ``rope_deltas`` offset.
+    """
+
+    name: str
+    geometry: Callable[..., list]
+    build_tiny: Callable[[int, int], tuple]
+    model_types: tuple[str, ...] = ()
+    markers: Callable[[Any, Any], Iterable[Any]] = no_markers
+    placeholder: Callable[[Any], str] = image_token_placeholder
+    prefix_sharing: bool = True
+    mrope: bool = False
+
+    def __post_init__(self):
+        if not self.model_types:
+            object.__setattr__(self, "model_types", (self.name,))
+
+    def marker_ids(self, config, processor) -> set[int]:
+        """Ids of the image-structure tokens that delimit the image span (never ``<unk>``)."""
+        tok = processor.tokenizer
+        ids = set(self.markers(config, processor))
+        unk = getattr(tok, "unk_token_id", None)
+        return {int(i) for i in ids if i is not None and i != unk}
+
+    def image_placeholder(self, processor) -> str:
+        """The string a prompt must contain for the processor to insert the image."""
+        return self.placeholder(processor)
