@@ -135,7 +135,10 @@ def test_within_one_token_on_hand_made_masks():
     mask = np.zeros((40, 40), bool)
     mask[15, 15] = True  # one pixel inside grid cell (1, 1)
     near = L.within_one_token(g, mask)
-    cell = lambda r, c: 1 + 4 * r + c
+
+    def cell(r, c):
+        return 1 + 4 * r + c
+
     assert not near[0]  # structure token
     assert near[cell(1, 1)]
     # edge neighbours: centre (15, 5) is exactly 10 px = one token from the pixel square's top edge

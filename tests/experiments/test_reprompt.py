@@ -8,7 +8,6 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from vlmnb.data import toy_samples  # noqa: E402
 from vlmnb.data.store import ResultStore, list_parts  # noqa: E402
-from vlmnb.engine import tiny  # noqa: E402
+from vlmnb.engine import batched, tiny  # noqa: E402
 from vlmnb.engine.vlm import VLM  # noqa: E402
 from vlmnb.experiments import fractions, localize, paper, reprompt, sweep, units  # noqa: E402
 
@@ -130,3 +130,38 @@ def test_fractions_and_sweep_resume_from_the_store(vlm, tmp_path):
             assert len(list_parts(store.path)) >= 2  # a part per image (top-k reads the store in between)
     texts = {b: sweep.descriptions(f).text.tolist() for b, f in frames.items()}
     assert texts[True] == texts[False] and len(texts[True]) == 2 * len(configs)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_an_interrupted_batched_sweep_resumes_without_loss_or_duplicates(vlm, tmp_path, monkeypatch):
+    samples = toy_samples(2, seed=1)
+    configs = [sweep.Config("baseline"), sweep.Config("img->gen"), sweep.Config("img->query"),
+               sweep.Config("top-k", k=0.5)]
+    run = dict(max_new_tokens=3, progress=False, max_batch_rows=2)
+    with ResultStore(tmp_path / "whole", {"t": 1}) as store:
+        whole = sweep.run(vlm, samples, configs, store, **run)
+    original, calls = batched.generate_rows, []
+
+    def failing(*args, **kwargs):  # a crash in the second batch of the second image (3 batches each)
+        calls.append(1)
+        if len(calls) == 5:
+            raise _Interrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(batched, "generate_rows", failing)
+    with pytest.raises(_Interrupt), ResultStore(tmp_path / "cut", {"t": 1}) as store:
+        sweep.run(vlm, samples, configs, store, **run)
+    monkeypatch.undo()
+    partial = ResultStore.open(tmp_path / "cut")
+    assert len(partial) == len(configs) + 2  # the first image, and the second's first batch
+    partial.close()
+    with ResultStore(tmp_path / "cut", {"t": 1}) as store:
+        resumed = sweep.run(vlm, samples, configs, store, **run)
+    cols = ["image_id", "config", "metric", "layer", "token", "text", "value"]
+    order = ["image_id", "config", "metric", "layer", "token"]
+    assert not resumed.duplicated(order).any()
+    assert (resumed[cols].sort_values(order).reset_index(drop=True)
+            .equals(whole[cols].sort_values(order).reset_index(drop=True)))

@@ -152,6 +152,7 @@ class LLMReader:
         self._client = None
 
     def messages(self, description: str, question: str) -> list[dict]:
+        """The chat messages sent for one question: the description stands in for the image."""
         return [
             {"role": "system", "content": "You answer questions about an image you cannot see. All you know "
                                           "is the description below. Answer the question briefly; for a "

@@ -72,14 +72,17 @@ class Config:
 
     @property
     def start(self) -> int | None:
+        """For "from" knockouts: the first knocked-out layer, else None."""
         return self.layers.start if isinstance(self.layers, FromLayer) else None
 
     @property
     def window(self) -> tuple[int, int] | None:
+        """For "outside" knockouts: the open window ``(first, last)``, else None."""
         return (self.layers.first, self.layers.last) if isinstance(self.layers, Outside) else None
 
     @property
     def name(self) -> str:
+        """The configuration's name in the store's ``config`` column, e.g. "img->gen from 12"."""
         if self.kind == "baseline":
             return "baseline"
         if self.kind == "top-k":
