@@ -163,21 +163,22 @@ def test_interrupted_batched_sweep_resumes_without_loss_or_duplicates(vlm, tmp_p
     with ResultStore(tmp_path / "whole", {"m": vlm.name}) as store:
         whole = _frame_after(sweep.run(vlm, samples, configs, store, max_new_tokens=NEW, progress=False,
                                        max_batch_rows=3))
-    original = vlm.generate_batch
+    original = batched.generate_rows
     calls = []
+    per_image = len(sweep.image_batches(sweep.sorted_configs(configs), 3))
 
     def failing(*args, **kwargs):  # a crash (Ctrl-C, a killed job) in the middle of the second image
         calls.append(1)
-        if len(calls) == 6:
+        if len(calls) == per_image + 2:
             raise _Interrupt
         return original(*args, **kwargs)
 
-    vlm.generate_batch = failing
+    batched.generate_rows = failing
     try:
         with pytest.raises(_Interrupt), ResultStore(tmp_path / "cut", {"m": vlm.name}) as store:
             sweep.run(vlm, samples, configs, store, max_new_tokens=NEW, progress=False, max_batch_rows=3)
     finally:
-        del vlm.generate_batch
+        batched.generate_rows = original
     partial = ResultStore.open(tmp_path / "cut")
     assert 0 < len(partial) < len(samples) * len(configs)
     partial.close()
@@ -305,3 +306,126 @@ def test_shared_prefix_rows_equal_single_runs_in_every_family(family):
     alone = vlm.generate(inp, max_new_tokens=6, record=spec).recording.image_rows
     assert np.allclose(outs[0].recording.image_rows, alone, atol=1e-6)
     assert all(out.recording is None for out in outs[1:])
+
+
+def _eos_splitting_rows(vlm, inp, rows):
+    """An end-of-sequence id that some rows produce early and others late or never (set on the
+    model's generation config; the caller restores it)."""
+    gen_config = vlm.model.generation_config
+    gen_config.eos_token_id = None
+    free = _reference(vlm, inp, rows)
+    counts = {}
+    for ids in free:
+        for t in set(ids[1:-1]):
+            counts[t] = counts.get(t, 0) + 1
+    gen_config.eos_token_id = min(counts, key=lambda t: (abs(counts[t] - len(rows) / 2), t))
+
+
+def test_early_stop_drops_finished_rows_and_keeps_outputs(vlm):
+    """Rows that end leave the batch (later steps run fewer rows); ids and the recorded baseline
+    row equal the single runs and the no-early-stop batch."""
+    inp = vlm.prepare(_image(3))
+    configs = [c for c in _configs(vlm) if c.kind != "top-k"]
+    rows = [c.knockouts(None, inp.spans.image) for c in configs]
+    spec = Record(fractions=False, image_rows=True)
+    saved_eos = vlm.model.generation_config.eos_token_id
+    sizes = []
+    handle = vlm.decoder.register_forward_pre_hook(
+        lambda m, a, k: sizes.append(int((k.get("inputs_embeds") if k.get("inputs_embeds") is not None
+                                          else k["input_ids"]).shape[0])), with_kwargs=True)
+    try:
+        _eos_splitting_rows(vlm, inp, rows)
+        expected = _reference(vlm, inp, rows)
+        lengths = [len(ids) for ids in expected]
+        assert len(set(lengths)) > 1
+        sizes.clear()
+        early = batched.generate_rows(vlm, inp, rows, NEW, record=spec, record_rows=[0], early_stop=True)
+        early_sizes = list(sizes)
+        late = batched.generate_rows(vlm, inp, rows, NEW, record=spec, record_rows=[0], early_stop=False)
+        alone = vlm.generate(inp, max_new_tokens=NEW, record=spec)
+    finally:
+        handle.remove()
+        vlm.model.generation_config.eos_token_id = saved_eos
+    assert [g.token_ids for g in early] == expected == [g.token_ids for g in late]
+    assert [g.text for g in early] == [g.text for g in late]
+    assert early[0].recording.image_rows.shape == alone.recording.image_rows.shape
+    assert np.allclose(early[0].recording.image_rows, alone.recording.image_rows, atol=1e-6)
+    assert all(g.recording is None for g in early[1:])
+    # decoding steps (after the prefix and the query tokens): the batch shrinks as rows end
+    steps = early_sizes[-max(lengths):]
+    assert steps[0] == len(rows) and steps == sorted(steps, reverse=True) and steps[-1] < len(rows)
+    # every running row (and the recorded one) is in the batch; ended rows leave within a few steps
+    still_running = [sum(1 for i, n in enumerate(lengths) if n > s or i == 0) for s in range(max(lengths))]
+    assert all(size >= running for size, running in zip(steps, still_running))
+    assert steps[-1] <= still_running[-1] + max(1, len(rows) // 4)
+
+
+def test_early_stop_is_used_only_for_plain_greedy(vlm):
+    inp = vlm.prepare(_image(2))
+    assert batched._greedy_setup(vlm, 10, {}) is not None
+    assert batched._greedy_setup(vlm, 10, {"do_sample": False, "use_cache": True}) is not None
+    assert batched._greedy_setup(vlm, 10, {"repetition_penalty": 1.3}) is None
+    calls = []
+    original = vlm.generate_batch
+    vlm.generate_batch = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        got = batched.generate_rows(vlm, inp, [None, Knockout("image", "generated")], 4, repetition_penalty=1.3)
+    finally:
+        del vlm.generate_batch
+    assert calls == [1]  # generate() decoded (options the loop does not reproduce)
+    assert got[0].token_ids == vlm.generate(inp, max_new_tokens=4, repetition_penalty=1.3).token_ids
+
+
+def _gpu_check():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the message given without a CUDA device")
+def test_gpu_check_without_cuda_says_so_in_one_line(capsys):
+    assert _gpu_check().main([]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no CUDA device" in err and "--device cpu --tiny" in err
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_its_code_path_on_the_cpu(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "check.json"
+    assert _gpu_check().main(["--device", "cpu", "--tiny", "--new-tokens", "3", "--repeats", "1",
+                              "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["configurations"] == 28 and result["image_tokens"] == 576
+    assert result["identical_ids"] and result["recording_same_output"]
+    assert result["knockout_over_plain"] > 0 and result["batched_tokens_per_s"] > 0
+    assert "knockout / plain" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+def test_early_stop_rows_equal_single_runs_in_every_family(family):
+    """Rows ending at different steps leave the batch; ids equal single runs in all families."""
+    model, processor = tiny.build(family)
+    vlm = VLM(model, processor, name=f"tiny-{family}")
+    inp = vlm.prepare(_image(1), prompt="describe the image")
+    configs = [c for c in sweep.knockout_configs(vlm.num_layers, stride=1, window=(1, 1)) if c.kind != "top-k"]
+    rows = [c.knockouts(None, inp.spans.image) for c in configs]
+    saved = vlm.model.generation_config.eos_token_id
+    try:
+        _eos_splitting_rows(vlm, inp, rows)
+        expected = _reference(vlm, inp, rows)
+        got = batched.generate_rows(vlm, inp, rows, NEW, record=Record(fractions=False, image_rows=True),
+                                    record_rows=[0])
+        plain = batched.generate_rows(vlm, inp, [None] * 3, NEW)  # no intervention: the plain cache drops rows
+    finally:
+        vlm.model.generation_config.eos_token_id = saved
+    # (the tiny InternVL writes the same text under every knockout: there all rows end together)
+    assert family == "internvl" or len({len(ids) for ids in expected}) > 1
+    assert [g.token_ids for g in got] == expected
+    assert all(g.token_ids == expected[0] for g in plain)

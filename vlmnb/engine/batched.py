@@ -10,7 +10,13 @@ that row's own knockouts (the first generated token is predicted at the last que
 as always), then all rows decode together, one weight read per step for the whole batch. The
 rows share the prefix's keys and values without copying them (:func:`~vlmnb.engine.sharedkv.shared_cache`):
 each step's attention reads them once for all rows (:func:`~vlmnb.engine.sharedkv.split_attention`). A row that ends
-(end-of-sequence) is padded by ``generate`` and trimmed.
+(end-of-sequence) leaves the batch: the rows are decoded by a greedy loop of this module
+(:func:`generate_rows`' ``early_stop``), which drops finished rows from the cache and the
+intervention, so later steps cost what the rows still running cost, not what the longest row's
+batch cost (a recorded row stays to the end, padded and trimmed, as ``generate`` does). Without
+early stop, with sampling or generation options the loop does not reproduce (logits processors,
+beams), and for rows that run the whole prompt (below), ``generate`` decodes and pads finished
+rows to the longest one.
 
 Greedy outputs are the token ids each configuration gives when run alone with
 :meth:`~vlmnb.engine.vlm.VLM.generate`; the tests check this for every configuration of a sweep.
@@ -34,9 +40,13 @@ import numpy as np
 from vlmnb.engine import families
 from vlmnb.engine.knockout import RowLayout, as_knockout_list, resolve_selection, span_positions
 from vlmnb.engine.sharedkv import SplitKV, preallocate, shared_cache, split_attention
+from vlmnb.engine.vlm import Generation, token_offsets
 
-__all__ = ["Prefix", "prefix_length", "first_blocked_query", "blocks_prefix", "supports_prefix", "compute_prefix",
-           "generate_rows", "SplitKV", "shared_cache", "split_attention", "preallocate"]
+#: default of :func:`generate_rows`'s ``early_stop``: drop rows from the batch when they end
+EARLY_STOP = True
+
+__all__ = ["EARLY_STOP", "Prefix", "prefix_length", "first_blocked_query", "blocks_prefix", "supports_prefix",
+           "compute_prefix", "generate_rows", "SplitKV", "shared_cache", "split_attention", "preallocate"]
 
 # inputs that only the first forward pass over the image needs (the vision tower's inputs)
 _SEQUENCE_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
@@ -185,7 +195,7 @@ def _concat(caches, order) -> Any:
 
 def generate_rows(vlm, inp, row_knockouts: Sequence[Any], max_new_tokens: int, *, record=None,
                   prefix: Prefix | None | bool = None, record_rows: Sequence[int] | None = None,
-                  **generate_kwargs):
+                  early_stop: bool | None = None, **generate_kwargs):
     """Generate for one prepared input once per entry of ``row_knockouts``, as one batch.
 
     Rows whose knockouts block no system or image query continue from the shared image
@@ -198,12 +208,18 @@ def generate_rows(vlm, inp, row_knockouts: Sequence[Any], max_new_tokens: int, *
             to ``record_rows`` when given (the others' ``recording`` is None).
         prefix: a :class:`Prefix` of ``inp`` to continue from, None to compute one when
             some row allows it, or False to run the whole prompt in every row.
+        early_stop: decode the shared-prefix rows with vlmnb's own greedy loop, which drops a
+            row from the batch when it ends (end-of-sequence) instead of carrying it to the
+            longest row; None: the module default :data:`EARLY_STOP`. False (or sampling, or
+            generation options the loop does not reproduce) uses ``model.generate``.
 
     Returns one :class:`~vlmnb.engine.vlm.Generation` per row, in order.
     """
     rows = [as_knockout_list(k) for k in row_knockouts]
     if not rows:
         return []
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be at least 1")
     prompt = int(inp.spans.prompt_length)
     per_row = [k or None for k in rows]
     n0 = prefix_length(inp)
@@ -251,12 +267,145 @@ def generate_rows(vlm, inp, row_knockouts: Sequence[Any], max_new_tokens: int, *
     if not split:
         preallocate(cache, prompt + max_new_tokens)
     _restore_rope(vlm, prefix)
-    outs = vlm.generate_batch([prefix.text_inputs] * len(shared), max_new_tokens=max_new_tokens, record=rec,
-                              row_knockouts=[per_row[i] for i in shared], **{vlm.cache_argument: cache},
-                              record_rows=rec_rows, **generate_kwargs)
+    stop_early = EARLY_STOP if early_stop is None else early_stop
+    stop = _greedy_setup(vlm, prompt, generate_kwargs) if stop_early else None
+    if stop is not None:
+        outs = _decode(vlm, prefix, cache, [per_row[i] for i in shared], max_new_tokens, rec, rec_rows, stop)
+    else:
+        outs = vlm.generate_batch([prefix.text_inputs] * len(shared), max_new_tokens=max_new_tokens, record=rec,
+                                  row_knockouts=[per_row[i] for i in shared], **{vlm.cache_argument: cache},
+                                  record_rows=rec_rows, **generate_kwargs)
     for i, out in zip(shared, outs):
         results[i] = out
     return results
+
+
+def _greedy_setup(vlm, prompt: int, generate_kwargs: dict):
+    """Whether the rows can be decoded by :func:`_decode` (plain greedy search, as ``generate``
+    would run it here): returns the end-of-sequence ids and the padding id, or None."""
+    extra = {k: v for k, v in generate_kwargs.items() if not (k == "do_sample" and not v)
+             and not (k == "use_cache" and v)}
+    if extra:
+        return None
+    cfg = copy.deepcopy(vlm.model.generation_config)
+    cfg.do_sample = False
+    for name in ("temperature", "top_p", "top_k", "min_p", "typical_p"):
+        if hasattr(cfg, name):
+            setattr(cfg, name, None)
+    if (getattr(cfg, "num_beams", 1) or 1) != 1 or (getattr(cfg, "num_return_sequences", 1) or 1) != 1 \
+            or getattr(cfg, "stop_strings", None):
+        return None
+    try:  # generate()'s logits processors for this config: plain greedy search has none
+        if len(vlm.model._get_logits_processor(cfg, input_ids_seq_length=prompt, device=vlm.device,
+                                               model_kwargs={})):
+            return None
+    except Exception:  # noqa: BLE001 - any doubt: let generate() decode
+        return None
+    eos = cfg.eos_token_id
+    eos = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+    return {int(t) for t in eos}, _pad_id(vlm, cfg)
+
+
+def _rebind(iv, inp, row_knockouts: list, length: int, record_rows: list[int] | None) -> None:
+    """Bind ``iv`` afresh to the batch rows still running (``row_knockouts``: theirs, in batch
+    order; ``record_rows``: where the recorded rows now are). Recorded rows never leave, in the
+    same order, so the recorder of the whole run is kept, with what it has observed so far."""
+    recorder = iv.recorder
+    iv.bind([inp] * len(row_knockouts), length=length, row_knockouts=row_knockouts, record_rows=record_rows)
+    if recorder is not None:
+        iv.recorder = recorder
+
+
+def _pad_id(vlm, cfg) -> int:
+    """The id ``generate`` feeds a finished row (as :meth:`VLM.generate_batch` sets it up)."""
+    for pad in (cfg.pad_token_id, getattr(vlm.tokenizer, "pad_token_id", None)):
+        if pad is not None:
+            return int(pad)
+    eos = cfg.eos_token_id
+    eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+    return int(eos if eos is not None else 0)
+
+
+def _with_generated(spans, generated: np.ndarray):
+    if dataclasses.is_dataclass(spans):
+        return dataclasses.replace(spans, generated=generated)
+    spans = copy.copy(spans)
+    spans.generated = generated
+    return spans
+
+
+def _decode(vlm, prefix: Prefix, cache, row_knockouts, max_new_tokens: int, record, record_rows, stop):
+    """Greedy decoding of ``len(row_knockouts)`` rows continuing ``cache`` (the prompt but its last
+    token), dropping rows from the batch once they have produced an end-of-sequence id (as soon
+    as a quarter of the batch has ended; rows ended before that are fed the padding id).
+
+    Each step is what ``model.generate`` runs for greedy search (the new token, an all-ones
+    attention mask, the cache; argmax of the float32 logits), on the rows still running. A
+    row that is recorded stays to the end (its recorder rows do not move); like ``generate``
+    it is fed the padding id after its end, and the recording is trimmed to its tokens.
+    """
+    import contextlib
+
+    import torch
+
+    eos, pad = stop
+    inp = prefix.text_inputs
+    ids = vlm.to_device({"input_ids": inp.inputs["input_ids"]})["input_ids"]
+    prompt, n, device = int(ids.shape[1]), len(row_knockouts), ids.device
+    kept = set() if record is None else set(range(n)) if record_rows is None else set(record_rows)
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    done = [False] * n
+    live = list(range(n))  # the row of ``row_knockouts`` each batch row is
+    kwargs = {vlm.cache_argument: cache, "use_cache": True}
+    if "logits_to_keep" in inspect.signature(vlm.model.forward).parameters:
+        kwargs["logits_to_keep"] = 1
+    step_ids = ids[:, -1:].expand(n, 1)
+    intervene = record is not None or any(row_knockouts)
+    with torch.no_grad(), (vlm.intervene(record=record) if intervene else contextlib.nullcontext()) as iv:
+        if iv is not None:
+            iv.bind([inp] * n, length=prompt + max_new_tokens, row_knockouts=row_knockouts, record_rows=record_rows)
+        active = [list(k) for k in iv.row_knockouts] if iv is not None else [[] for _ in range(n)]
+        for step in range(max_new_tokens):
+            mask = torch.ones((len(live), prompt + step), dtype=torch.long, device=device)
+            extra = {}
+            if prefix.rope_deltas is not None:  # 3-D positions (Qwen2-VL style): position + the prefix's offset
+                delta = prefix.rope_deltas.to(device)
+                position = torch.full((3, len(live), 1), prompt + step - 1, dtype=torch.long, device=device)
+                extra["position_ids"] = position + delta.repeat_interleave(len(live) // delta.shape[0], dim=0)
+            logits = vlm.model(input_ids=step_ids, attention_mask=mask, **extra, **kwargs).logits[:, -1]
+            nxt = torch.argmax(logits.to(torch.float32), dim=-1)
+            finished = [done[r] for r in live]
+            if any(finished):  # recorded rows past their end: the padding id, as generate() feeds
+                nxt = torch.where(torch.as_tensor(finished, device=nxt.device), pad, nxt)
+            for b, (r, t) in enumerate(zip(live, nxt.tolist())):
+                if not done[r]:
+                    tokens[r].append(t)
+                    done[r] = t in eos
+            if step == max_new_tokens - 1 or all(done):
+                break
+            keep = [b for b, r in enumerate(live) if not done[r] or r in kept]
+            # drop the rows that ended, once they are a quarter of the batch (each drop re-binds the
+            # intervention, which costs about one small step; carried rows until then are trimmed)
+            if len(live) - len(keep) >= max(1, len(live) // 4):
+                index = torch.as_tensor(keep, device=nxt.device)
+                cache.batch_select_indices(index)
+                nxt = nxt.index_select(0, index)
+                live = [live[b] for b in keep]
+                if iv is not None:
+                    recorded = None if record_rows is None else [b for b, r in enumerate(live) if r in kept]
+                    _rebind(iv, inp, [row_knockouts[r] for r in live], prompt + max_new_tokens, recorded)
+            step_ids = nxt[:, None]
+        recordings = iv.finish([len(tokens[r]) for r in live]) if iv is not None else []
+    by_row = dict(zip(live, recordings)) if recordings else {}
+    n_prompt = prompt
+    out = []
+    for r in range(n):
+        text, offsets = token_offsets(vlm.tokenizer, tokens[r])
+        out.append(Generation(
+            text=text, token_ids=tokens[r], tokens=[text[s:e] for s, e in offsets], offsets=offsets,
+            spans=_with_generated(inp.spans, np.arange(n_prompt, n_prompt + len(tokens[r]))),
+            recording=by_row.get(r), knockout=active[r]))
+    return out
 
 
 def _group_record(members: list[int], recorded: set[int], record):
