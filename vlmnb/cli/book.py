@@ -9,17 +9,30 @@ Parameters come from four places, later ones winning:
 
 1. the notebook's own cell tagged ``parameters`` (the embedded-default values);
 2. a profile in ``notebooks/profiles.yml`` (``default`` or ``ci``: small settings for checks);
-3. the environment: ``VLMNB_PARAMS="model=llava-hf/llava-1.5-7b-hf n_images=80"``;
-4. the command line: ``python -m vlmnb book -p model llava-hf/llava-1.5-7b-hf``.
+3. the environment, shell-quoted: ``VLMNB_PARAMS='model=llava-hf/llava-1.5-7b-hf prompt="describe the image" window=[4,20]'``;
+4. the command line, one value per ``-p``: ``python -m vlmnb book -p prompt "describe the image" -p window "[4, 20]"``.
 
-Values are parsed as YAML scalars/lists and checked against the type of the notebook's
-default, so ``-p n_images many`` fails before anything runs.
+Each parameter's type is declared in the parameters cell with an ordinary Python annotation::
+
+    n_images: int = 24
+    window: Literal["auto"] | list[int] = "auto"   # [first, last] layers kept open, or "auto"
+    revision: str | None = None
+
+(str, int, float, bool, None, list[...], tuple[...], Literal[...], joined with ``|``); a
+parameter without an annotation has the type of its default (any type when the default is
+None). A value given as text (``-p``, ``VLMNB_PARAMS``) is read as the first of a Python
+literal (``[4, 20]``, ``(4, 20)``, ``'text'``, ``None``), a YAML value (``[4,20]``, ``true``,
+``null``) or the text itself that fits the declared type, so ``-p prompt yes`` stays the
+text "yes" and ``-p n_images many`` fails, in one line and before anything runs. Tuples reach
+the notebook as lists (papermill writes lists, not tuples).
 """
 from __future__ import annotations
 
+import argparse
 import ast
 import hashlib
 import json
+import logging
 import os
 import shlex
 import subprocess
@@ -93,81 +106,261 @@ def chapters(root: Path | None = None) -> list[Chapter]:
     return found
 
 
-def notebook_defaults(source: Path) -> dict:
-    """The parameters cell of a notebook as {name: python value}."""
+# -- parameter types -------------------------------------------------------------------------
+# A type is a small tuple: ("any",), ("str",), ("int",), ("float",), ("bool",), ("none",),
+# ("literal", values), ("list", item), ("tuple", items), ("union", alternatives).
+ANY = ("any",)
+
+
+@dataclass(frozen=True)
+class Text:
+    """A parameter value given as text (``-p``, ``VLMNB_PARAMS``), read against the declared type
+    of each chapter's parameter (:func:`read_text`)."""
+
+    text: str
+    origin: str = "-p"
+
+
+@dataclass
+class Parameter:
+    """One parameter of a notebook: its default, its type and whether the type was declared."""
+
+    name: str
+    default: object
+    type: tuple = ANY
+    declared: bool = False
+
+    def describe(self) -> str:
+        shown = describe_type(self.type)
+        return shown if self.declared else f"{shown} like its default {self.default!r}"
+
+
+def _type_of_default(default) -> tuple:
+    if default is None:
+        return ANY
+    if isinstance(default, bool):
+        return ("bool",)
+    if isinstance(default, int):
+        return ("int",)
+    if isinstance(default, float):
+        return ("float",)
+    if isinstance(default, (list, tuple)):
+        return ("list", ANY)
+    if isinstance(default, str):
+        return ("str",)
+    return ANY
+
+
+_SIMPLE = {"str": ("str",), "int": ("int",), "float": ("float",), "bool": ("bool",), "None": ("none",),
+           "Any": ANY, "object": ANY, "list": ("list", ANY), "List": ("list", ANY), "tuple": ("list", ANY),
+           "Tuple": ("list", ANY)}
+
+
+def parse_type(node: ast.expr) -> tuple:
+    """The type an annotation (an ``ast`` expression) declares; ValueError for what it cannot read."""
+    if isinstance(node, ast.Constant) and node.value is None:
+        return ("none",)
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):  # a quoted annotation
+        return parse_type(ast.parse(node.value, mode="eval").body)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        alternatives = []
+        for side in (node.left, node.right):
+            kind = parse_type(side)
+            alternatives += list(kind[1]) if kind[0] == "union" else [kind]
+        return ("union", tuple(alternatives))
+    name = _type_name(node)
+    if name in _SIMPLE:
+        return _SIMPLE[name]
+    if isinstance(node, ast.Subscript):
+        base = _type_name(node.value)
+        args = list(node.slice.elts) if isinstance(node.slice, ast.Tuple) else [node.slice]
+        if base in ("list", "List", "Sequence") and len(args) == 1:
+            return ("list", parse_type(args[0]))
+        if base in ("tuple", "Tuple"):
+            if len(args) == 2 and isinstance(args[1], ast.Constant) and args[1].value is Ellipsis:
+                return ("list", parse_type(args[0]))
+            return ("tuple", tuple(parse_type(a) for a in args))
+        if base == "Literal":
+            return ("literal", tuple(ast.literal_eval(a) for a in args))
+        if base == "Optional" and len(args) == 1:
+            return ("union", (parse_type(args[0]), ("none",)))
+        if base == "Union":
+            return ("union", tuple(parse_type(a) for a in args))
+    raise ValueError(ast.unparse(node))
+
+
+def _type_name(node: ast.expr) -> str | None:
+    return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+
+
+def describe_type(kind: tuple) -> str:
+    """A type as a reader writes it: ``"auto" or list[int]``."""
+    tag = kind[0]
+    if tag == "union":
+        return " or ".join(describe_type(k) for k in kind[1])
+    if tag == "literal":
+        return " or ".join(json.dumps(v) if isinstance(v, str) else repr(v) for v in kind[1])
+    if tag == "list":
+        return "list" if kind[1] == ANY else f"list[{describe_type(kind[1])}]"
+    if tag == "tuple":
+        return f"[{', '.join(describe_type(k) for k in kind[1])}]"
+    return {"none": "None", "any": "any value"}.get(tag, tag)
+
+
+_NO = object()
+
+
+def conform(value, kind: tuple):
+    """``value`` as type ``kind`` wants it (tuples become lists, ints in a float slot floats), or
+    ``_NO`` when it does not fit."""
+    tag = kind[0]
+    if tag == "any":
+        return list(value) if isinstance(value, tuple) else value
+    if tag == "union":
+        for alternative in kind[1]:
+            got = conform(value, alternative)
+            if got is not _NO:
+                return got
+        return _NO
+    if tag == "str":
+        return value if isinstance(value, str) else _NO
+    if tag == "bool":
+        return value if isinstance(value, bool) else _NO
+    if tag == "int":
+        return value if isinstance(value, int) and not isinstance(value, bool) else _NO
+    if tag == "float":
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _NO
+    if tag == "none":
+        return None if value is None else _NO
+    if tag == "literal":
+        return value if any(type(value) is type(v) and value == v for v in kind[1]) else _NO
+    if tag in ("list", "tuple"):
+        if not isinstance(value, (list, tuple)):
+            return _NO
+        items = [kind[1]] * len(value) if tag == "list" else list(kind[1])
+        if len(items) != len(value):
+            return _NO
+        out = [conform(v, k) for v, k in zip(value, items)]
+        return _NO if any(v is _NO for v in out) else out
+    raise ValueError(f"unknown type {kind!r}")
+
+
+def read_text(text: str, kind: tuple):
+    """Text as a value of type ``kind``: the first of its Python-literal reading, its YAML reading
+    and the text itself that fits, or ``_NO``."""
+    readings = []
+    try:
+        readings.append(ast.literal_eval(text.strip()))
+    except Exception:  # noqa: BLE001 -- not a Python literal: try the next reading
+        pass
+    try:
+        readings.append(yaml.safe_load(text) if text.strip() else "")
+    except yaml.YAMLError:
+        pass
+    readings.append(text)
+    for reading in readings:
+        got = conform(reading, kind)
+        if got is not _NO:
+            return got
+    return _NO
+
+
+def notebook_parameters(source: Path) -> dict[str, Parameter]:
+    """The parameters cell of a notebook as {name: :class:`Parameter`} (default and type)."""
     import nbformat
 
     nb = nbformat.read(source, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
-            values = {}
+            found = {}
             for node in ast.parse(cell.source).body:
-                target = value = None
+                target = value = annotation = None
                 if isinstance(node, ast.Assign) and len(node.targets) == 1:
                     target, value = node.targets[0], node.value
                 elif isinstance(node, ast.AnnAssign) and node.value is not None:
-                    target, value = node.target, node.value
-                if isinstance(target, ast.Name):
-                    try:
-                        values[target.id] = ast.literal_eval(value)
-                    except ValueError:
-                        values[target.id] = None  # computed default: accept any override
-            return values
+                    target, value, annotation = node.target, node.value, node.annotation
+                if not isinstance(target, ast.Name):
+                    continue
+                try:
+                    default = ast.literal_eval(value)
+                except ValueError:
+                    default = None  # computed default: accept any override
+                if annotation is None:
+                    found[target.id] = Parameter(target.id, default, _type_of_default(default))
+                    continue
+                try:
+                    kind = parse_type(annotation)
+                except (ValueError, SyntaxError) as exc:
+                    raise BookError(f"{source.name}: cannot read the type of parameter {target.id!r} ({exc}); "
+                                    "use str, int, float, bool, None, list[...], tuple[...] or "
+                                    "Literal[...], joined with |") from None
+                found[target.id] = Parameter(target.id, default, kind, declared=True)
+            return found
     raise BookError(f"{source.name} has no cell tagged 'parameters'")
 
 
-def parse_overrides(text: str) -> dict:
-    """``"a=1 b=two c=[1,2]"`` -> {"a": 1, "b": "two", "c": [1, 2]} (YAML values)."""
+def notebook_defaults(source: Path) -> dict:
+    """The parameters cell of a notebook as {name: python value}."""
+    return {name: p.default for name, p in notebook_parameters(source).items()}
+
+
+def parse_overrides(text: str, origin: str = "VLMNB_PARAMS") -> dict:
+    """``'a=1 b=two prompt="describe the image" c=[1,2]'`` -> {name: :class:`Text`}, split like a
+    shell line (quote values with spaces); each chapter reads the texts with its declared types."""
+    try:
+        items = shlex.split(text or "")
+    except ValueError as exc:  # no closing quotation
+        raise BookError(f"{origin}: cannot split {text!r} ({exc}); quote each value with spaces once, "
+                        f"e.g. prompt=\"describe the image\"") from None
     out = {}
-    for item in shlex.split(text or ""):
-        if "=" not in item:
-            raise BookError(f"bad parameter {item!r}: expected name=value")
-        name, value = item.split("=", 1)
-        out[name.strip()] = yaml.safe_load(value) if value != "" else ""
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip().isidentifier():
+            raise BookError(f"{origin}: bad parameter {item!r}: expected name=value "
+                            f"(quote a value with spaces: window=\"[4, 20]\")")
+        out[name.strip()] = Text(value, origin)
     return out
 
 
-def _type_ok(default, value) -> bool:
-    if default is None or value is None:
-        return True
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, (list, tuple)):
-        return isinstance(value, (list, tuple))
-    return isinstance(value, type(default))
-
-
 def check_parameters(chapter: Chapter, params: dict, strict: bool = True) -> dict:
-    """Validate names and types of ``params`` against the notebook's defaults.
+    """Validate names and types of ``params`` against the notebook's declared parameters; values
+    given as :class:`Text` are read with the parameter's type.
 
     With ``strict=False`` (parameters meant for every notebook) unknown names are dropped
     instead of rejected, so ``model=...`` can be given once for all chapters.
     """
-    defaults = notebook_defaults(chapter.source)
+    declared = notebook_parameters(chapter.source)
     checked = {}
     for name, value in params.items():
-        if name not in defaults:
+        if name not in declared:
             if strict:
-                known = ", ".join(sorted(defaults))
+                known = ", ".join(sorted(declared))
                 raise BookError(f"{chapter.name}: unknown parameter {name!r} (known: {known})")
             continue
-        if not _type_ok(defaults[name], value):
-            raise BookError(
-                f"{chapter.name}: parameter {name!r} must be {type(defaults[name]).__name__} "
-                f"like its default {defaults[name]!r}, got {value!r}"
-            )
-        checked[name] = value
+        param = declared[name]
+        if isinstance(value, Text):
+            got = read_text(value.text, param.type)
+            shown = f"{value.text!r} (from {value.origin})"
+        else:
+            got = conform(value, param.type)
+            shown = repr(value)
+        if got is _NO:
+            raise BookError(f"{chapter.name}: parameter {name!r} must be {param.describe()}, got {shown}")
+        checked[name] = got
     return checked
 
 
 def load_profile(root: Path, profile: str) -> dict:
     path = root / PROFILES_FILE
-    profiles = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    try:
+        profiles = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        raise BookError(f"{PROFILES_FILE} is not valid YAML"
+                        + (f" (line {where.line + 1})" if where else "") + f": {getattr(exc, 'problem', exc)}") from None
     profiles = profiles or {}
+    if not isinstance(profiles, dict) or not all(isinstance(v, dict) or v is None for v in profiles.values()):
+        raise BookError(f"{PROFILES_FILE} must map profile names to {{chapter or 'all': {{name: value}}}}")
     if profile not in profiles and profile != "default":
         raise BookError(f"unknown profile {profile!r} (in {PROFILES_FILE}: {', '.join(profiles) or 'none'})")
     return profiles.get(profile) or {}
@@ -227,11 +420,24 @@ def _tidy(path: Path) -> None:
     nbformat.write(nb, path)
 
 
+class _DeclaredParameters(logging.Filter):
+    """Drops papermill's "Passed unknown parameter" warning: papermill reads only annotations of
+    the form ``word[word, ...]`` and calls ``window: Literal["auto"] | list[int]`` unknown, while
+    this runner has already checked every name and value against the parameters cell."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Passed unknown parameter")
+
+
 def execute(chapter: Chapter, root: Path, *, kernel: str = "python3", force: bool = False,
             progress: bool = True) -> bool:
     """Run one chapter with papermill. Returns False when skipped as up to date."""
     import papermill as pm
     from jupyter_client.kernelspec import NoSuchKernel
+
+    pm_logger = logging.getLogger("papermill")
+    if not any(isinstance(f, _DeclaredParameters) for f in pm_logger.filters):
+        pm_logger.addFilter(_DeclaredParameters())
 
     state_path = chapter.target.parent / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
@@ -298,7 +504,7 @@ def run(names: list[str] | None = None, *, profile: str = "default", params: dic
     else:
         selected = all_chapters
     prof = load_profile(root, profile)
-    env_params = parse_overrides(os.environ.get("VLMNB_PARAMS", ""))
+    env_params = parse_overrides(os.environ.get("VLMNB_PARAMS", ""), origin="VLMNB_PARAMS")
     # Check everything before running anything: a typo must not cost a half-built book.
     for chapter in selected:
         merged = check_parameters(chapter, prof.get("all", {}), strict=False)
@@ -318,3 +524,64 @@ def run(names: list[str] | None = None, *, profile: str = "default", params: dic
         html = build_html(root)
         print(f"[book] built {html / 'index.html'}")
     return selected
+
+
+# -- command line ----------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (exit 2) instead of usage + error."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The ``python -m vlmnb book`` command line."""
+    p = _Parser(
+        prog="python -m vlmnb book",
+        description="Execute the chapter notebooks with papermill and build the book.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="parameter values: one value per -p, quoted by the shell when it has spaces or brackets:\n"
+               "  -p model llava-hf/llava-1.5-7b-hf -p prompt \"describe the image\" -p window \"[4, 20]\"\n"
+               "or all at once in VLMNB_PARAMS, shell-quoted:\n"
+               "  VLMNB_PARAMS='model=llava-hf/llava-1.5-7b-hf prompt=\"describe the image\" window=[4,20]'\n"
+               "Each value is checked against the type declared in the chapter's parameters cell\n"
+               "(see --list) before anything runs.")
+    p.add_argument("notebooks", nargs="*", help="chapter names (default: every chapter in _toc.yml)")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="override a parameter in every selected chapter that has it")
+    p.add_argument("--profile", default="default", help="parameter profile from notebooks/profiles.yml")
+    p.add_argument("--force", action="store_true", help="re-execute even when inputs did not change")
+    p.add_argument("--no-build", action="store_true", help="execute notebooks only, skip the HTML build")
+    p.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
+    p.add_argument("--list", action="store_true", help="list chapters and their parameters with types and defaults")
+    return p
+
+
+def list_parameters(root: Path | None = None) -> str:
+    """Every chapter's parameters as ``name: type = default`` lines."""
+    lines = []
+    for chapter in chapters(root):
+        lines.append(chapter.name)
+        for param in notebook_parameters(chapter.source).values():
+            lines.append(f"  {param.name}: {describe_type(param.type)} = {param.default!r}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vlmnb book ...``; returns the exit status (2 with one line for bad input)."""
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if args.list:
+            print(list_parameters())
+            return 0
+        params = {name: Text(value, f"-p {name}") for name, value in args.parameter}
+        run(args.notebooks or None, profile=args.profile, params=params, force=args.force,
+            build=not args.no_build, kernel=args.kernel)
+    except BookError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

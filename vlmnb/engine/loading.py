@@ -68,26 +68,37 @@ def model_class(config, trust_remote_code: bool):
     raise ValueError(f"model type {config.model_type!r} is not an image-text-to-text model transformers knows")
 
 
-def load_pretrained(name_or_path: str | os.PathLike, *, dtype=None, device_map=None, trust_remote_code: bool = False,
-                    **kwargs) -> Loaded:
+def load_pretrained(name_or_path: str | os.PathLike, *, dtype=None, device_map=None, revision: str | None = None,
+                    trust_remote_code: bool = False, **kwargs) -> Loaded:
     """Load a vision-language model and its processor (see :func:`vlmnb.engine.vlm.load`).
 
     Args:
-        name_or_path: ``"toy"`` / ``"toy-yesno"`` (the embedded models), a local
+        name_or_path: ``"toy"`` (the embedded model, :mod:`vlmnb.toy`), a local
             ``save_pretrained`` folder, or a Hugging Face hub id. Hub ids are read from the
             local cache first; when the hub is unreachable (or ``HF_HUB_OFFLINE=1``) only the
             cache is used and a missing model raises :class:`ModelNotAvailable`.
-        dtype: torch dtype; default float32 on CPU and the checkpoint's own dtype on GPU.
+        dtype: torch dtype or its name (``"bfloat16"``, ``"float16"``, ``"float32"``, ``"auto"``
+            for the checkpoint's own); default float32 on CPU and the checkpoint's own dtype on GPU.
         device_map: passed to accelerate (e.g. ``"auto"`` with ``max_memory=...`` to shard a
             large model over GPUs); default ``"auto"`` when CUDA is available, else CPU.
+        revision: for a hub id, the branch, tag or commit (a unique prefix of a cached commit
+            works too) whose config, processor and weights are loaded, all three from the same
+            commit; default the cache's (or the hub's) ``main``. Not for local folders.
         trust_remote_code: run the checkpoint's own modelling code (off unless you ask).
-        **kwargs: passed to ``from_pretrained`` of the model (e.g. ``max_memory``, ``revision``).
+        **kwargs: passed to ``from_pretrained`` of the model (e.g. ``max_memory``).
+
+    The result's ``revision`` is the commit a hub id resolved to (its cache snapshot's folder
+    name), or for a local folder a digest of its weights (:func:`weights_revision`).
     """
     import torch
     from transformers import AutoConfig, AutoProcessor
 
+    if "revision" in kwargs:  # an older spelling passed it through **kwargs
+        revision = kwargs.pop("revision")
+    dtype = torch_dtype(dtype)
+
     name = str(name_or_path)
-    if name in ("toy", "toy-yesno"):
+    if name == "toy":
         source = str(checkpoint_path(name))
         local = True
     elif Path(name).expanduser().exists():
@@ -99,19 +110,31 @@ def load_pretrained(name_or_path: str | os.PathLike, *, dtype=None, device_map=N
     else:
         source, local = name, False
 
+    if local and revision is not None:
+        raise ValueError(f"revision={revision!r} applies to hub ids; {name!r} is a local model whose "
+                         "weights are identified by their digest (leave revision at None)")
     local_only = local
+    commit = None
     if not local:
-        try:
-            AutoConfig.from_pretrained(source, local_files_only=True, trust_remote_code=trust_remote_code)
+        commit = cached_commit(name, revision)
+        if commit is not None:
             local_only = True
-        except (OSError, ValueError):
+        else:
             if hub_offline():
                 raise ModelNotAvailable(
-                    f"{name!r} is not in the local cache and the hub is unreachable; download it first "
-                    f"with `huggingface-cli download {name}` on a machine with network access") from None
+                    f"{name!r} is not in the local Hugging Face cache and the hub is unreachable; download it "
+                    f"first with `hf download {name}` (HF_HOME / HF_HUB_CACHE choose the cache)") from None
             local_only = False
 
-    config = AutoConfig.from_pretrained(source, local_files_only=local_only, trust_remote_code=trust_remote_code)
+    # a hub id is pinned to one commit: config, weights and processor all come from it
+    pin = {} if local else {"revision": commit or revision}
+    config = AutoConfig.from_pretrained(source, local_files_only=local_only, trust_remote_code=trust_remote_code, **pin)
+    if not local and commit is None:  # just downloaded: the commit the hub resolved ``revision`` to
+        commit = cached_commit(name, revision)
+        if commit is None:
+            raise ModelNotAvailable(f"{name!r} was downloaded but its commit cannot be found in the cache "
+                                    f"({hub_cache()}); is HF_HUB_CACHE writable?")
+        pin = {"revision": commit}
     try:
         family = families.detect(config).name
     except ValueError as exc:
@@ -124,32 +147,99 @@ def load_pretrained(name_or_path: str | os.PathLike, *, dtype=None, device_map=N
     if dtype is None:
         dtype = "auto" if (cuda or device_map is not None) else torch.float32
     model_cls = model_class(config, trust_remote_code)
-    common = dict(local_files_only=local_only, trust_remote_code=trust_remote_code)
+    common = dict(local_files_only=local_only, trust_remote_code=trust_remote_code, **pin)
     try:
         model = model_cls.from_pretrained(source, dtype=dtype, device_map=device_map, **common, **kwargs)
         processor = AutoProcessor.from_pretrained(source, **common)
     except OSError as exc:
         if local_only and not local and hub_offline():
             raise ModelNotAvailable(f"{name!r} is only partly in the local cache and the hub is unreachable "
-                                    f"({exc}); download it completely first") from None
+                                    f"({exc}); download it completely first with `hf download {name}`") from None
         raise
-    return Loaded(model, processor, name=name, family=family, revision=weights_revision(source, config))
+    return Loaded(model, processor, name=name, family=family,
+                  revision=commit if commit is not None else weights_revision(source, config))
 
 
-def weights_revision(source: str, config=None) -> str:
-    """A short identifier of the weights behind ``source``: the hub commit when transformers
-    recorded one, else a digest of the folder's weight files (their bytes when small, their
-    names, sizes and first and last MiB when large)."""
+#: dtype names accepted as strings (a notebook parameter or a command-line option)
+DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16", "half": "float16",
+          "float32": "float32", "fp32": "float32", "float": "float32"}
+
+
+def torch_dtype(dtype):
+    """``None``, ``"auto"``, a torch dtype or a dtype name (:data:`DTYPES`) -> what ``from_pretrained``
+    takes (``None`` stays ``None``: :func:`load_pretrained` picks float32 on CPU)."""
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str):
+        key = dtype.strip().lower().removeprefix("torch.")
+        if key == "auto":
+            return "auto"
+        if key in DTYPES:
+            return getattr(torch, DTYPES[key])
+    raise ValueError(f"dtype must be None, 'auto' or one of {', '.join(sorted(set(DTYPES.values())))}; "
+                     f"got {dtype!r}")
+
+
+def hub_cache() -> Path:
+    """The Hugging Face hub cache folder in use (``HF_HUB_CACHE``, else ``$HF_HOME/hub``)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def cached_commit(repo_id: str, revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> str | None:
+    """The commit of hub model ``repo_id`` at ``revision`` (a branch or tag read from the cache's
+    ``refs/``, a commit, or a unique prefix of a cached commit; default ``main``) whose snapshot in
+    the local cache holds a ``config.json``; ``None`` when the cache has no such snapshot."""
+    repo = Path(cache_dir) if cache_dir is not None else hub_cache()
+    repo = repo / ("models--" + repo_id.replace("/", "--"))
+    snapshots = repo / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    rev = str(revision) if revision is not None else "main"
+    ref = repo / "refs" / rev
+    if ref.is_file():
+        rev = ref.read_text().strip()
+    names = [p.name for p in snapshots.iterdir() if (p / "config.json").is_file()]
+    if rev in names:
+        return rev
+    if revision is not None and len(rev) >= 7 and all(c in "0123456789abcdef" for c in rev.lower()):
+        matches = [n for n in names if n.startswith(rev.lower())]
+        if len(matches) == 1:
+            return matches[0]
+    return None
+
+
+def weights_revision(source: str, config=None, revision: str | None = None) -> str:
+    """An identifier of the weights behind ``source``, never "unknown":
+
+    - a hub id: the commit its cache snapshot at ``revision`` belongs to (:func:`cached_commit`);
+    - a hub-cache snapshot folder (``.../models--org--name/snapshots/<commit>``): that commit;
+    - the hub commit transformers recorded on ``config``, when it did;
+    - else a 12-character digest of the folder's weight files (their bytes when small, their
+      names, sizes and first and last MiB when large), or of all its files when it has no
+      ``*.safetensors`` / ``*.bin``.
+    """
     import hashlib
 
+    folder = Path(source).expanduser()
+    if not folder.exists():
+        commit = cached_commit(str(source), revision)
+        if commit is None:
+            raise ModelNotAvailable(f"{source!r} is neither a folder nor in the hub cache ({hub_cache()})"
+                                    + (f" at revision {revision!r}" if revision else ""))
+        return commit
+    if folder.is_dir() and folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        return folder.name
     commit = getattr(config, "_commit_hash", None) if config is not None else None
     if commit:
         return str(commit)[:12]
     digest = hashlib.sha256()
-    folder = Path(source)
-    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) if folder.is_dir() else []
+    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) if folder.is_dir() else [folder]
     if not files:
-        return "unknown"
+        files = sorted(f for f in folder.rglob("*") if f.is_file())
     for f in files:
         size = f.stat().st_size
         digest.update(f"{f.name}:{size}".encode())

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from vlmnb.core.images import load_image
+from vlmnb.core.usage import UsageError
 from vlmnb.engine import spans as spans_module
 from vlmnb.engine.intervention import Intervention, input_ids_of
 from vlmnb.engine.knockout import Knockout, span_positions
@@ -127,7 +128,8 @@ class VLM:
         self.active: Intervention | None = None
 
     def __repr__(self) -> str:
-        return (f"VLM({self.name!r}, family={self.family!r}, layers={self.num_layers}, "
+        revision = f", revision={self.revision!r}" if self.revision else ""
+        return (f"VLM({self.name!r}{revision}, family={self.family!r}, layers={self.num_layers}, "
                 f"device={self.device})")
 
     @property
@@ -224,6 +226,11 @@ class VLM:
 
     def prepare(self, image, prompt: str = "describe the image"):
         """Model inputs for one image and prompt, with token spans and image-token geometry."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UsageError(f"prompt must be a non-empty str, got {type(prompt).__name__} {prompt!r}"
+                             + ("; prepare one input per prompt" if isinstance(prompt, (list, tuple)) else ""))
+        if image is None:
+            raise UsageError("image is None; pass a PIL image, an array or an image file's path")
         return spans_module.prepare(self.model, self.processor, load_image(image), prompt, self.family)
 
     @contextmanager
@@ -260,8 +267,11 @@ class VLM:
         """
         import torch
 
-        if max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be at least 1")
+        check_max_new_tokens(max_new_tokens)
+        if not inps or any(not hasattr(inp, "inputs") for inp in inps):
+            bad = next((inp for inp in inps if not hasattr(inp, "inputs")), None) if inps else inps
+            raise UsageError(f"generate takes what VLM.prepare returns (or a list of them), got "
+                             f"{type(bad).__name__} {str(bad)[:60]!r}")
         if row_knockouts is not None and len(row_knockouts) != len(inps):
             raise ValueError(f"row_knockouts has {len(row_knockouts)} entries for {len(inps)} inputs")
         inputs, pads = _collate(inps, self._pad_id())
@@ -347,6 +357,14 @@ class VLM:
 _SEQUENCE_KEYS = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0, "mm_token_type_ids": 0}
 
 
+def check_max_new_tokens(max_new_tokens) -> None:
+    """Raise a one-line ValueError unless ``max_new_tokens`` is an int >= 1 (2.5 is not rounded)."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
+        raise UsageError(f"max_new_tokens must be an int, got {type(max_new_tokens).__name__} {max_new_tokens!r}")
+    if max_new_tokens < 1:
+        raise UsageError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+
+
 def _collate(inps: Sequence[Any], pad_id: int) -> tuple[dict, list[int]]:
     """Left-pad sequence tensors of several prepared inputs and concatenate the rest."""
     import torch
@@ -412,21 +430,27 @@ def _find_decoder(model):
     raise NotImplementedError(f"cannot find the text decoder of {type(model).__name__}")
 
 
-def load(name_or_path: str | os.PathLike, *, dtype=None, device_map=None, trust_remote_code: bool = False,
-         **kwargs) -> VLM:
+def load(name_or_path: str | os.PathLike, *, dtype=None, device_map=None, revision: str | None = None,
+         trust_remote_code: bool = False, **kwargs) -> VLM:
     """Load a vision-language model and its processor as a :class:`VLM`.
 
     Args:
-        name_or_path: ``"toy"`` / ``"toy-yesno"`` (the embedded models), a local
+        name_or_path: ``"toy"`` (the embedded model, :mod:`vlmnb.toy`), a local
             ``save_pretrained`` folder, or a Hugging Face hub id. Hub ids are read from the
             local cache first; when the hub is unreachable (or ``HF_HUB_OFFLINE=1``) only the
             cache is used and a missing model raises :class:`ModelNotAvailable`.
-        dtype: torch dtype; default float32 on CPU and the checkpoint's own dtype on GPU.
+        dtype: torch dtype or its name (``"bfloat16"``, ``"float16"``, ``"float32"``, ``"auto"``
+            for the checkpoint's own); default float32 on CPU and the checkpoint's own dtype on GPU.
         device_map: passed to accelerate (e.g. ``"auto"`` with ``max_memory=...`` to shard a
             large model over GPUs); default ``"auto"`` when CUDA is available, else CPU.
+        revision: for a hub id, the branch, tag or commit whose config, processor and weights are
+            loaded (all three from that one commit); default ``main``. Not for local folders.
         trust_remote_code: run the checkpoint's own modelling code (off unless you ask).
-        **kwargs: passed to ``from_pretrained`` of the model (e.g. ``max_memory``, ``revision``).
+        **kwargs: passed to ``from_pretrained`` of the model (e.g. ``max_memory``).
+
+    ``VLM.revision`` is the commit a hub id resolved to (the name of its cache snapshot folder), or
+    a digest of a local folder's weights; chapters key their result stores by it.
     """
-    got = load_pretrained(name_or_path, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code,
-                          **kwargs)
+    got = load_pretrained(name_or_path, dtype=dtype, device_map=device_map, revision=revision,
+                          trust_remote_code=trust_remote_code, **kwargs)
     return VLM(got.model, got.processor, name=got.name, family=got.family, revision=got.revision)
