@@ -1,6 +1,7 @@
 """Compare the result stores of two book builds unit by unit: ``python scripts/compare_stores.py
 BEFORE/runs AFTER/runs``. A unit is one (store, model, image, configuration); its rows must hold
-the same texts and the same numbers (exactly, or within ``--atol``). Prints one line per store
+the same texts and the same numbers (exactly, or within ``--atol``); wall-clock times
+(the ``seconds`` column) are left out. Prints one line per store
 and every differing unit; exits 1 when anything differs or a store is missing on one side.
 
 Used to show that a refactoring changed no result: run ``make book`` on the old and the new tree
@@ -18,6 +19,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 UNIT = ["model", "image_id", "config"]
+TIMING = "seconds"  # wall-clock time: differs between any two runs, so never compared
+
+
+def drop_timing(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame without its wall-clock column; a ``value`` that holds the same time is blanked."""
+    if TIMING not in frame:
+        return frame
+    timed = frame[TIMING].notna() & (frame["value"] == frame[TIMING])
+    frame = frame.drop(columns=[TIMING])
+    frame.loc[timed, "value"] = np.nan
+    return frame
 
 
 def read_store(folder: Path) -> pd.DataFrame:
@@ -26,6 +38,7 @@ def read_store(folder: Path) -> pd.DataFrame:
     if not tables:
         return pd.DataFrame()
     frame = pa.concat_tables(tables, promote_options="permissive").replace_schema_metadata(None).to_pandas()
+    frame = drop_timing(frame)
     columns = sorted(frame.columns)
     frame = frame[columns]
     # rows of one unit keep their written order; units are sorted
@@ -78,16 +91,28 @@ def main(argv=None) -> int:
     parser.add_argument("after", type=Path)
     parser.add_argument("--atol", type=float, default=0.0, help="tolerance on numbers (default: exact)")
     args = parser.parse_args(argv)
-    stores = sorted({p.parent.relative_to(args.before) for p in args.before.rglob("meta.json")} |
-                    {p.parent.relative_to(args.after) for p in args.after.rglob("meta.json")})
+    # a store is named by its chapter folder and its name, without the hash of its parameters
+    # (a parameter added with its old default changes the hash, not the results)
+    def stores_of(root: Path) -> dict[str, Path]:
+        found = {}
+        for meta in sorted(root.rglob("meta.json")):
+            rel = meta.parent.relative_to(root)
+            key = str(rel.parent / rel.name.rsplit("-", 1)[0])
+            if key in found:
+                raise SystemExit(f"{root}: two stores named {key}; compare those folders one by one")
+            found[key] = meta.parent
+        return found
+
+    before_stores, after_stores = stores_of(args.before), stores_of(args.after)
+    stores = sorted(set(before_stores) | set(after_stores))
     if not stores:
         print(f"no result stores under {args.before} or {args.after}", file=sys.stderr)
         return 2
     total_units = total_diff = 0
     for store in stores:
-        b, a = args.before / store, args.after / store
-        if not (b / "meta.json").exists() or not (a / "meta.json").exists():
-            print(f"{store}: missing {'before' if not (b / 'meta.json').exists() else 'after'}")
+        b, a = before_stores.get(store), after_stores.get(store)
+        if b is None or a is None:
+            print(f"{store}: missing {'before' if b is None else 'after'}")
             total_diff += 1
             continue
         before, after = read_store(b), read_store(a)

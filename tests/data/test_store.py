@@ -7,7 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from vlmnb.data.store import ResultStore, is_store, list_parts, merge, part_units, unit_id
+from vlmnb.core.errors import OneLineError
+from vlmnb.data.store import (CorruptPart, ParamsMismatch, ResultStore, is_store, list_parts, merge, params_differ,
+                              part_units, read_parts, stored_params, unit_id)
 
 PARAMS = {"model": "toy", "n_images": 6, "configs": ["a", "b"], "seed": 0}
 IMAGES = [f"img{i}" for i in range(6)]
@@ -222,3 +224,63 @@ def _copy_store(src, dst):
     import shutil
     shutil.copytree(src, dst)
     return dst
+
+
+def _truncate(part, keep=0.5):
+    data = part.read_bytes()
+    part.write_bytes(data[: int(len(data) * keep)])
+    return part.read_bytes()
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.0])
+def test_a_truncated_part_is_named_set_aside_and_its_units_recomputed(tmp_path, keep):
+    reference, _ = run_full(tmp_path / "ref", versions=False)
+    path = tmp_path / "s"
+    with ResultStore(path, PARAMS, flush_every=5) as store:
+        experiment(store, [])
+    parts = list_parts(path)
+    assert len(parts) == 3  # 5 + 5 + 2 units
+    bad = parts[1]
+    units = part_units(bad)
+    left = _truncate(bad, keep)
+    for read in (lambda: part_units(bad), lambda: read_parts(parts)):
+        with pytest.raises(CorruptPart, match=bad.name) as info:
+            read()
+        assert isinstance(info.value, OneLineError) and str(bad) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(CorruptPart, match=bad.name):
+        merge([path], tmp_path / "merged")
+
+    # opening the store as a writer sets the part aside (bytes kept) and its units are not done
+    with pytest.warns(UserWarning, match=bad.name):
+        store = ResultStore(path, PARAMS)
+    kept = path / "parts" / "corrupt" / bad.name
+    assert kept.read_bytes() == left and not bad.exists() and store.set_aside == [kept]
+    assert len(store) == 7 and not any(store.done(json.loads(u)) for u in units)
+    calls = []
+    experiment(store, calls)  # the next run recomputes exactly those units
+    store.close()
+    assert sorted(calls) == sorted((json.loads(u)["image_id"], json.loads(u)["config"]) for u in units)
+    key = ["image_id", "config", "layer"]
+    got = ResultStore.open(path).frame().sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, reference.sort_values(key).reset_index(drop=True))
+
+
+def test_merge_with_repair_sets_a_corrupt_source_part_aside(tmp_path):
+    with ResultStore(tmp_path / "a", PARAMS, flush_every=6) as store:
+        experiment(store, [])
+    bad = list_parts(tmp_path / "a")[0]
+    _truncate(bad)
+    with pytest.warns(UserWarning, match=bad.name):
+        merged = merge([tmp_path / "a"], tmp_path / "m", repair=True)
+    assert len(merged) == 6 and (tmp_path / "a" / "parts" / "corrupt" / bad.name).exists()
+
+
+def test_params_mismatch_is_one_line_and_comparable_beforehand(tmp_path):
+    ResultStore(tmp_path / "s", {"seed": 1, "rank": 0}).close()
+    with pytest.raises(ParamsMismatch, match="seed") as info:
+        ResultStore(tmp_path / "s", {"seed": 2, "rank": 0})
+    assert isinstance(info.value, (ValueError, OneLineError)) and info.value.differences
+    assert "delete" not in str(info.value)
+    assert stored_params(tmp_path / "s") == {"seed": 1, "rank": 0} and stored_params(tmp_path / "x") is None
+    assert params_differ({"seed": 1, "rank": 0}, {"seed": 1.0, "rank": 3}, ignore=["rank"]) == []
+    assert params_differ({"seed": 1}, {"seed": 2}) == ["seed: 1 (stored) != 2 (now)"]

@@ -1,32 +1,46 @@
 """``python -m vlmnb data coco ...`` / ``python -m vlmnb data mme ...``: fetch or check the
-datasets the chapters use (see :mod:`vlmnb.data`)."""
+datasets the chapters use (see :mod:`vlmnb.data`). Bad input is one line and exit status 2,
+checked before anything is downloaded or written."""
 from __future__ import annotations
 
-import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
+from vlmnb.core.usage import ArgumentParser, UsageError, add_version, at_least, check_output_folder, one_line, run_main
 from vlmnb.data.coco import coco_cache_dir, coco_ids, coco_resolver, download_coco
 from vlmnb.data.mme import MME_HUB_ID, MME_PERCEPTION, load_mme
 
-__all__ = ["cli_data"]
+__all__ = ["cli_data", "main"]
 
 
-def cli_data(argv: Sequence[str] | None = None) -> int:
-    """``python -m vlmnb data coco ...`` / ``python -m vlmnb data mme ...``."""
-    parser = argparse.ArgumentParser(prog="python -m vlmnb data",
-                                     description="Fetch or check the datasets the chapters use.")
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m vlmnb data coco ...`` / ``python -m vlmnb data mme ...``; returns the exit status."""
+    return run_main(_cli_data, argv)
+
+
+cli_data = main
+
+
+def _cli_data(argv: Sequence[str] | None = None) -> int:
+    parser = ArgumentParser(prog="python -m vlmnb data", description="Fetch or check the datasets the chapters use.")
+    add_version(parser)
     sub = parser.add_subparsers(dest="dataset", required=True)
     coco = sub.add_parser("coco", help="download the paper's 81 COCO images into the cache")
     coco.add_argument("--annotations", metavar="DIR",
                       help="folder with the official instances_*.json files (unzipped annotations)")
     coco.add_argument("--cache", metavar="DIR", help="COCO cache folder (default: <work tree>/.cache/vlmnb/coco)")
     coco.add_argument("--base-url", help="mirror serving the paths of http://images.cocodataset.org")
-    coco.add_argument("--n", type=int, help="only the first N ids")
+    coco.add_argument("--n", type=at_least(1), help="only the first N ids")
     mme = sub.add_parser("mme", help="check a local copy of the MME benchmark")
     mme.add_argument("--dir", metavar="DIR", help=f"folder with the {MME_HUB_ID} parquet files "
                      "(default: <work tree>/.cache/vlmnb/mme)")
     args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.dataset == "coco":
+        check_output_folder(coco_cache_dir(args.cache), "--cache")
+        if args.annotations and not Path(args.annotations).expanduser().is_dir():
+            raise UsageError(f"--annotations {args.annotations}: no such folder; unzip the official "
+                             "annotations_trainval2017.zip there (from images.cocodataset.org/annotations/)")
     try:
         if args.dataset == "coco":
             ids = coco_ids()[: args.n]
@@ -53,6 +67,5 @@ def cli_data(argv: Sequence[str] | None = None) -> int:
                 print(f"warning: perception categories missing: {absent}", file=sys.stderr)
                 return 1
     except (FileNotFoundError, ConnectionError, ValueError, LookupError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(one_line(err)) from None
     return 0

@@ -1,54 +1,60 @@
-"""Command line: ``python -m vlmnb book ...`` and ``python -m vlmnb data ...`` (:mod:`vlmnb.cli.data`)."""
+"""Command line: ``python -m vlmnb book ...`` (:mod:`vlmnb.cli.book`) and ``python -m vlmnb data ...``
+(:mod:`vlmnb.cli.data`); ``python -m vlmnb --help`` lists the commands, ``--version`` prints the
+package version. Bad input is one line, ``error: ...``, and exit status 2."""
 from __future__ import annotations
 
-import argparse
 import sys
 
+from vlmnb import __version__
 
-def _book(argv: list[str]) -> int:
-    from vlmnb.cli import book
+PROG = "python -m vlmnb"
 
-    parser = argparse.ArgumentParser(prog="python -m vlmnb book",
-                                     description="Execute the chapter notebooks with papermill and build the book.")
-    parser.add_argument("notebooks", nargs="*", help="chapter names (default: every chapter in _toc.yml)")
-    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                        help="override a parameter in every selected chapter (YAML value)")
-    parser.add_argument("--profile", default="default", help="parameter profile from notebooks/profiles.yml")
-    parser.add_argument("--force", action="store_true", help="re-execute even when inputs did not change")
-    parser.add_argument("--no-build", action="store_true", help="execute notebooks only, skip the HTML build")
-    parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
-    parser.add_argument("--list", action="store_true", help="list chapters and their parameters")
-    args = parser.parse_args(argv)
-    try:
-        if args.list:
-            for chapter in book.chapters():
-                print(chapter.name, book.notebook_defaults(chapter.source))
-            return 0
-        params = {name: book.parse_overrides(f"{name}={value}")[name] for name, value in args.parameter}
-        book.run(args.notebooks or None, profile=args.profile, params=params, force=args.force,
-                 build=not args.no_build, kernel=args.kernel)
-    except book.BookError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+#: command -> (module under vlmnb.cli with a ``main(argv)``, one-line description)
+COMMANDS = {
+    "book": ("book", "execute the chapter notebooks with papermill and build the book"),
+    "data": ("data", "fetch or check the datasets the chapters use (COCO, MME)"),
+}
+
+OTHER_COMMANDS = {
+    "python -m vlmnb.cli.sweep": "a knockout sweep on one process or many (accelerate, torchrun)",
+    "python -m vlmnb.tiny": "write a tiny random model of a supported family to a folder",
+    "python -m vlmnb.toy.train": "train the embedded toy model",
+    "python -m vlmnb.toy.evaluate": "held-out evaluation of a toy checkpoint",
+}
 
 
-def _data(argv: list[str]) -> int:
-    from vlmnb.cli.data import cli_data
-
-    return cli_data(argv) or 0
-
-
-COMMANDS = {"book": _book, "data": _data}
+def usage() -> str:
+    """The ``--help`` text."""
+    width = max(map(len, [*COMMANDS, *OTHER_COMMANDS])) + 2
+    lines = [f"usage: {PROG} [--help] [--version] {{{','.join(COMMANDS)}}} ...", "",
+             "vlmnb: the re-runnable companion to \"What's in the Image?\".", "", "commands:"]
+    lines += [f"  {name:<{width}}{text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", f"Run '{PROG} COMMAND --help' for a command's options. Other command lines:"]
+    lines += [f"  {name:<{width}}{text}" for name, text in OTHER_COMMANDS.items()]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m vlmnb COMMAND ...``: run the command (``book`` or ``data``); returns the exit status."""
+    import importlib
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in COMMANDS:
-        print("usage: python -m vlmnb {book,data} ...  (try: python -m vlmnb book --help)", file=sys.stderr)
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if argv and argv[0] == "--version":
+        print(f"vlmnb {__version__}")
+        return 0
+    if not argv:
+        print(f"error: no command given; choose one of: {', '.join(COMMANDS)} (see {PROG} --help)", file=sys.stderr)
         return 2
-    return COMMANDS[argv[0]](argv[1:])
+    if argv[0] not in COMMANDS:
+        what = "option" if argv[0].startswith("-") else "command"
+        print(f"error: unknown {what} {argv[0]!r}; choose one of: {', '.join(COMMANDS)} (see {PROG} --help)",
+              file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"vlmnb.cli.{COMMANDS[argv[0]][0]}")
+    return int(module.main(argv[1:]) or 0)
 
 
 if __name__ == "__main__":

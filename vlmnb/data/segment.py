@@ -35,6 +35,7 @@ import numpy as np
 
 from vlmnb.core.paths import cache_dir as cache_root
 from vlmnb.data.masks import CocoMasks, DetailMask, FirstOf, ToyMasks
+from vlmnb.engine.loading import ModelNotAvailable, hub_offline
 
 __all__ = ["SAM_CHECKPOINTS", "DETECTORS", "load_sam", "tiny_sam", "Detector", "tiny_owlv2",
            "TextPromptedMasks", "mask_source"]
@@ -132,8 +133,6 @@ class Detector:
         """Load by short name (:data:`DETECTORS`), hub id or local folder. Offline, only the local
         cache is used and a missing model raises :class:`vlmnb.engine.loading.ModelNotAvailable`."""
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
-
-        from vlmnb.engine.loading import ModelNotAvailable, hub_offline
 
         source = DETECTORS.get(name_or_path, name_or_path)
         local = Path(str(source)).expanduser().exists()

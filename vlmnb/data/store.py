@@ -37,11 +37,15 @@ none of it. Completed units are buffered and flushed every ``flush_every`` units
 including by an exception such as KeyboardInterrupt. A hard kill loses at most the buffered
 units, which the rerun recomputes. A unit whose ``with`` block raises is discarded.
 
-Parameters: a store remembers the parameters it was created with. Opening an existing store
-with *different* parameters raises ValueError naming the differences (results computed under
-other parameters must not be mixed); :meth:`ResultStore.in_dir` gives every parameter set its
-own folder instead. One process writes to a store at a time: a sweep over several processes
-writes one store per process and combines them with :func:`merge`.
+A part that cannot be read (a truncated copy, say) raises :class:`CorruptPart` naming the file;
+opening the store as a writer sets such a part aside into ``parts/corrupt/`` (its bytes are kept)
+with a warning, and its units, no longer done, are recomputed by the run.
+
+Parameters: a store remembers the parameters it was created with; opening it with *different*
+ones raises :class:`ParamsMismatch` (a ValueError) naming them (results of other parameters must
+not be mixed); :meth:`ResultStore.in_dir` gives every parameter set its own folder. One process
+writes to a store at a time: a sweep over several processes writes one store per process and
+combines them with :func:`merge`.
 """
 from __future__ import annotations
 
@@ -63,12 +67,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vlmnb.core.errors import OneLineError
+from vlmnb import __version__
+
 __all__ = ["ResultStore", "UnitLoop", "merge", "read_parts", "library_versions", "CORE_COLUMNS",
-           "unit_id", "is_store", "list_parts", "part_units"]
+           "unit_id", "is_store", "list_parts", "part_units", "stored_params", "params_differ", "set_aside",
+           "CorruptPart", "ParamsMismatch", "CORRUPT_DIR"]
 
 FORMAT = "vlmnb.store/1"
 META_FILE = "meta.json"
 PARTS_DIR = "parts"
+CORRUPT_DIR = "corrupt"  # inside parts/: unreadable parts set aside (never deleted)
 _UNITS_KEY = b"vlmnb.units"
 _PART_RE = re.compile(r"^part-(\d{6,})-[0-9a-f]+\.parquet$")
 
@@ -77,6 +86,24 @@ CORE_COLUMNS: dict[str, pa.DataType] = {
     "model": pa.string(), "image_id": pa.string(), "config": pa.string(),
     "layer": pa.int64(), "metric": pa.string(), "value": pa.float64(), "text": pa.string(),
 }
+
+
+class CorruptPart(OneLineError, ValueError):
+    """A part file that cannot be read (truncated, overwritten, not Parquet); names the file."""
+
+    def __init__(self, path: Path, reason: str):
+        self.part, self.reason = Path(path), " ".join(str(reason).split())
+        super().__init__(f"corrupt result part {self.part} ({self.reason}); open the store "
+                         f"as a writer (ResultStore(path, params)) to set it aside into "
+                         f"{PARTS_DIR}/{CORRUPT_DIR}/ and recompute its units")
+
+
+class ParamsMismatch(OneLineError, ValueError):
+    """A store opened with parameters other than those its results were computed with."""
+
+    def __init__(self, message: str, path: Path, differences: list[str]):
+        self.store_path, self.differences = Path(path), differences
+        super().__init__(message)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -121,7 +148,6 @@ def library_versions() -> dict[str, str | None]:
             out[dist] = _metadata.version(dist)
         except _metadata.PackageNotFoundError:
             out[dist] = None
-    from vlmnb import __version__
     out["vlmnb"] = __version__
     return out
 
@@ -188,11 +214,33 @@ def _rows_table(rows: list[dict], unit_ids: list[str]) -> pa.Table:
 
 
 def part_units(path: Path) -> list[str]:
-    """The ids (:func:`unit_id`) of the units whose rows one part file holds."""
-    meta = pq.read_schema(path).metadata or {}
-    if _UNITS_KEY not in meta:
-        raise ValueError(f"{path} is not a vlmnb result part (no {_UNITS_KEY.decode()} metadata)")
-    return json.loads(meta[_UNITS_KEY])
+    """The ids (:func:`unit_id`) of the units whose rows one part file holds.
+
+    Raises :class:`CorruptPart` naming the file when it cannot be read."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+        units = json.loads(meta[_UNITS_KEY]) if _UNITS_KEY in meta else None
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise CorruptPart(path, f"{type(exc).__name__}: {exc}") from None
+    if units is None:
+        raise CorruptPart(path, f"no {_UNITS_KEY.decode()} metadata: not a vlmnb result part")
+    return units
+
+
+def set_aside(part: Path) -> Path:
+    """Move a (corrupt) part file into ``parts/corrupt/`` of its store, keeping its bytes; returns
+    its new path. Its units are then no longer done, so the next run recomputes them."""
+    part = Path(part)
+    folder, n = part.parent / CORRUPT_DIR, 0
+    while (folder / f"{part.name}{f'.{n}' if n else ''}").exists():
+        n += 1
+    target = folder / f"{part.name}{f'.{n}' if n else ''}"
+    try:
+        folder.mkdir(exist_ok=True)
+        os.replace(part, target)
+    except OSError as exc:  # a read-only copy of a store, say
+        raise CorruptPart(part, f"unreadable, and it cannot be moved into {folder}: {exc}") from None
+    return target
 
 
 def list_parts(root: str | os.PathLike) -> list[Path]:
@@ -201,6 +249,12 @@ def list_parts(root: str | os.PathLike) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if _PART_RE.match(p.name))
+
+
+def _new_part_path(root: Path) -> Path:
+    parts = list_parts(root)
+    seq = int(_PART_RE.match(parts[-1].name).group(1)) + 1 if parts else 1
+    return root / PARTS_DIR / f"part-{seq:06d}-{os.urandom(3).hex()}.parquet"
 
 
 def is_store(path: str | os.PathLike) -> bool:
@@ -217,6 +271,19 @@ def _read_meta(path: Path) -> dict:
     if meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path} has format {meta.get('format')!r}, expected {FORMAT!r}")
     return meta
+
+
+def stored_params(path: str | os.PathLike) -> dict | None:
+    """The parameters of the store at ``path``, or None when there is no store there."""
+    return _read_meta(Path(path))["params"] if is_store(path) else None
+
+
+def params_differ(stored: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable[str] = ()) -> list[str]:
+    """The differences (``"key: a (stored) != b (now)"``) between two parameter sets, leaving
+    out the keys in ``ignore``; empty when they match (as a store would accept them)."""
+    skip = set(ignore)
+    a, b = ({k: v for k, v in _jsonable(dict(d)).items() if k not in skip} for d in (stored, new))
+    return _param_diff(a, b)
 
 
 def _param_diff(stored: dict, new: dict) -> list[str]:
@@ -309,16 +376,17 @@ class ResultStore(UnitLoop):
                 new = _jsonable(dict(params))
                 diff = _param_diff(self.meta["params"], new)
                 if diff:
-                    raise ValueError(
+                    raise ParamsMismatch(
                         f"the result store at {self.path} holds results for other parameters "
                         f"({'; '.join(diff)}); write to another path (ResultStore.in_dir(root, "
-                        f"params) gives each parameter set its own folder) or delete {self.path}")
+                        f"params) gives each parameter set its own folder) or move {self.path} away",
+                        self.path, diff)
             if versions:
                 self._note_versions()
         else:
             if params is None:
                 raise FileNotFoundError(f"no result store at {self.path}; pass params to create one")
-            if self.path.exists() and any(self.path.iterdir()):
+            if self.path.exists() and any(p.name != PARTS_DIR or any(p.iterdir()) for p in self.path.iterdir()):
                 raise FileExistsError(f"{self.path} exists and is not a result store (no {META_FILE}); "
                                       "choose an empty or new folder")
             self.meta = {
@@ -332,8 +400,15 @@ class ResultStore(UnitLoop):
         (self.path / PARTS_DIR).mkdir(parents=True, exist_ok=True)
         self._remove_stale_tmp()
         self._done: set[str] = set()
+        self.set_aside: list[Path] = []  # corrupt parts moved into parts/corrupt/ when opening
         for part in list_parts(self.path):
-            self._done.update(part_units(part))
+            try:
+                self._done.update(part_units(part))
+            except CorruptPart as exc:
+                moved = set_aside(part)
+                self.set_aside.append(moved)
+                warnings.warn(f"corrupt result part {part} ({exc.reason}) set aside as {moved}; "
+                              "its units will be recomputed", stacklevel=2)
 
     # -- construction helpers
     @classmethod
@@ -417,15 +492,9 @@ class ResultStore(UnitLoop):
         rows = [row for _, unit_rows in self._pending for row in unit_rows]
         uids = [uid for uid, _ in self._pending]
         table = _rows_table(rows, uids)
-        parts = list_parts(self.path)
-        seq = int(_PART_RE.match(parts[-1].name).group(1)) + 1 if parts else 1
-        final = self.path / PARTS_DIR / f"part-{seq:06d}-{os.urandom(3).hex()}.parquet"
-        tmp = final.with_name(f".{final.name}.tmp")
-        with open(tmp, "wb") as f:
-            pq.write_table(table, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        final, sink = _new_part_path(self.path), pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        _atomic_write_bytes(final, sink.getvalue().to_pybytes())
         self._done.update(uids)
         self._pending.clear()
         self._pending_ids.clear()
@@ -457,7 +526,12 @@ class ResultStore(UnitLoop):
 
 def read_parts(parts: Sequence[Path]) -> pd.DataFrame:
     """Concatenate part files into one DataFrame with the core columns first."""
-    tables = [pq.read_table(p) for p in parts]
+    tables = []
+    for p in parts:
+        try:
+            tables.append(pq.read_table(p))
+        except (pa.ArrowException, OSError) as exc:
+            raise CorruptPart(p, f"{type(exc).__name__}: {exc}") from None
     if tables:
         table = pa.concat_tables(tables, promote_options="permissive")
     else:
@@ -469,14 +543,16 @@ def read_parts(parts: Sequence[Path]) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- merge
 def merge(paths: Sequence[str | os.PathLike], out: str | os.PathLike,
-          ignore_params: Sequence[str] = ("rank", "world_size")) -> ResultStore:
+          ignore_params: Sequence[str] = ("rank", "world_size"), repair: bool = False) -> ResultStore:
     """Combine stores written by several processes into the store at ``out``.
 
     The stores must share their parameters, except the keys in ``ignore_params`` (a
     process's rank, say), which the merged store leaves out. Part files are copied into
     ``out`` in the order given. Merging again is harmless: parts whose units are already in
     ``out`` are skipped. A unit present in two different sources is an error (the shards of a
-    sweep must not overlap).
+    sweep must not overlap). A corrupt part of a source raises :class:`CorruptPart`, or with
+    ``repair=True`` is set aside (:func:`set_aside`) and skipped (the sources' writer must then
+    recompute its units before they can be merged).
     """
     if not paths:
         raise ValueError("merge needs at least one store path")
@@ -498,7 +574,15 @@ def merge(paths: Sequence[str | os.PathLike], out: str | os.PathLike,
     seen_in_this_merge: dict[str, str] = {}
     for p in paths:
         for part in list_parts(Path(p)):
-            uids = part_units(part)
+            try:
+                uids = part_units(part)
+            except CorruptPart as exc:
+                if not repair:
+                    raise
+                moved = set_aside(part)
+                warnings.warn(f"corrupt result part {part} ({exc.reason}) set aside as {moved}; "
+                              "its units will be recomputed by the next run", stacklevel=2)
+                continue
             for u in uids:
                 if u in seen_in_this_merge and seen_in_this_merge[u] != str(p):
                     raise ValueError(f"unit {u} is in both {seen_in_this_merge[u]} and {p}; "
@@ -510,9 +594,6 @@ def merge(paths: Sequence[str | os.PathLike], out: str | os.PathLike,
             if already:
                 raise ValueError(f"{part} is partly merged into {out} already ({len(already)} of "
                                  f"{len(uids)} units); merge into a new folder")
-            existing = list_parts(target.path)
-            seq = int(_PART_RE.match(existing[-1].name).group(1)) + 1 if existing else 1
-            final = target.path / PARTS_DIR / f"part-{seq:06d}-{os.urandom(3).hex()}.parquet"
-            _atomic_write_bytes(final, part.read_bytes())
+            _atomic_write_bytes(_new_part_path(target.path), part.read_bytes())
             target._done.update(uids)
     return target

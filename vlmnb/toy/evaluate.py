@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -22,10 +23,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from vlmnb.core.usage import (ArgumentParser, UsageError, add_version, at_least, check_device, check_input_folder,
+                              run_main)
 from vlmnb.core.yes_no import mme_scores
 from vlmnb.toy.metrics import description_quality
 from vlmnb.toy.model import DEFAULT_PROMPT
 from vlmnb.toy.scenes import make_scenes
+from vlmnb.toy.scenes import CELLS, crowded_cells
+from vlmnb.toy import checkpoint_path
 
 YES_NO_ASPECTS = ("existence", "color", "position", "count")
 
@@ -71,8 +76,6 @@ ROW_COMPANY = ("empty_cell", "alone_in_row", "shares_row")
 def row_company(scene, lookup: str) -> str:
     """For a look-up "what is at the <cell>?": ``"empty_cell"`` when no object is there, else
     ``"alone_in_row"`` or ``"shares_row"`` (another object in the same grid row)."""
-    from vlmnb.toy.scenes import CELLS, crowded_cells
-
     cell = lookup.strip().removeprefix("what is at the ").rstrip("?").strip()
     if cell not in CELLS:
         raise ValueError(f"not a position look-up: {lookup!r}")
@@ -169,27 +172,43 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
-    from vlmnb.toy import checkpoint_path
+def parser() -> argparse.ArgumentParser:
+    """The command line's argument parser."""
+    p = ArgumentParser(prog="python -m vlmnb.toy.evaluate", description="Held-out evaluation of a toy checkpoint.")
+    p.add_argument("--checkpoint", default=None, help="save_pretrained folder (default: the shipped toy)")
+    p.add_argument("--n", type=at_least(1), default=500, help="number of test scenes")
+    p.add_argument("--batch-size", type=at_least(1), default=64)
+    p.add_argument("--threads", type=at_least(1), default=1)
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--start", type=at_least(0), default=0,
+                   help="first test scene (default 0; use another range to compare recipes)")
+    p.add_argument("--no-write", action="store_true", help="print only, do not write eval.json")
+    add_version(p)
+    return p
 
-    parser = argparse.ArgumentParser(description="Held-out evaluation of a toy checkpoint.")
-    parser.add_argument("--checkpoint", default=None, help="save_pretrained folder (default: the shipped toy)")
-    parser.add_argument("--n", type=int, default=500, help="number of test scenes")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--start", type=int, default=0,
-                        help="first test scene (default 0; use another range to compare recipes)")
-    parser.add_argument("--no-write", action="store_true", help="print only, do not write eval.json")
-    args = parser.parse_args(argv)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else checkpoint_path()
+
+def main(argv=None) -> int:
+    """``python -m vlmnb.toy.evaluate ...``; returns the exit status (2, one line: bad input)."""
+    return run_main(_main, argv)
+
+
+def _main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    if args.checkpoint:
+        checkpoint = check_input_folder(args.checkpoint, "--checkpoint", must_hold="config.json")
+    else:
+        checkpoint = checkpoint_path()
+    check_device(args.device)
+    if not args.no_write and not os.access(checkpoint, os.W_OK):
+        raise UsageError(f"--checkpoint {checkpoint} is not writable (eval.json goes there); add --no-write")
     result = evaluate(checkpoint, n=args.n, batch_size=args.batch_size, threads=args.threads,
                       device=args.device, start=args.start)
     print(format_table(result))
     if not args.no_write:
         (checkpoint / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {checkpoint / 'eval.json'}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -24,15 +24,19 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from vlmnb.core.usage import (ArgumentParser, UsageError, add_version, at_least, between, check_device,
+                              check_input_folder, check_output_folder, run_main)
 from vlmnb.toy.batches import (TASKS, SequenceBuilder, TrainConfig, binding_questions, crowded_scene, lr_at,
                                make_batch, sample_turns)
 
 __all__ = ["TASKS", "TrainConfig", "SequenceBuilder", "binding_questions", "sample_turns", "crowded_scene", "lr_at",
            "make_batch", "token_losses", "sink_loss", "patch_labels", "pretrain_vision", "train", "save_pretrained",
-           "train_recipe", "parse_aspect_weights", "main"]
+           "train_recipe", "parse_aspect_weights", "parser", "validate", "main"]
 from vlmnb.toy.model import (PATCH_SIZE, ToyArchitecture, build_model, build_processor,
                              pixel_values)
 from vlmnb.toy.scenes import (ASPECTS, COLORS, GRID, IMAGE_SIZE, SHAPES, SIZES, make_scene)
+from vlmnb.toy.curves import training_curves
+from vlmnb.toy.curves import stage_curves
 
 def token_losses(model, batch, output_attentions: bool = False):
     """Per-token cross-entropy on the next token, with the shifted labels and task ids
@@ -266,8 +270,6 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), resume: bool = Fals
             _save_checkpoint(out, step + 1, model, optimizer, cfg, entry)
             if save_every_model:
                 save_pretrained(model, processor, out / "model")
-                from vlmnb.toy.curves import training_curves
-
                 log.flush()  # the curves ship next to the weights
                 training_curves(out / "log.jsonl").to_csv(out / "model" / "training_curves.csv", index=False)
     log.close()
@@ -338,8 +340,6 @@ def train_recipe(out: str | Path, stages: list[dict] | str = "shipped", progress
             train(folder, cfg, resume=state.exists(), progress=progress, device=device)
         previous = folder / "model"
     # the last model carries the curves of every stage, one after the other
-    from vlmnb.toy.curves import stage_curves
-
     stage_curves([out / st["name"] / "log.jsonl" for st in stages]).to_csv(previous / "training_curves.csv",
                                                                          index=False)
     return previous
@@ -364,33 +364,35 @@ def parse_aspect_weights(text: str) -> dict[str, float]:
     return weights
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Train the toy LLaVA on generated shape scenes.")
+def parser() -> argparse.ArgumentParser:
+    """The command line's argument parser."""
+    parser = ArgumentParser(prog="python -m vlmnb.toy.train",
+                            description="Train the toy LLaVA on generated shape scenes.")
     parser.add_argument("--out", required=True, help="run folder (checkpoints, log.jsonl, model/)")
-    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
-    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
-    parser.add_argument("--warmup", type=int, default=TrainConfig.warmup_steps)
-    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
-    parser.add_argument("--threads", type=int, default=TrainConfig.threads)
-    parser.add_argument("--followups", type=int, default=TrainConfig.followups)
-    parser.add_argument("--description-first", type=float, default=TrainConfig.description_first)
-    parser.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every)
-    parser.add_argument("--text-layers", type=int, default=ToyArchitecture.text_layers)
-    parser.add_argument("--vision-lr-scale", type=float, default=TrainConfig.vision_lr_scale)
-    parser.add_argument("--lookup-share", type=float, default=TrainConfig.lookup_share)
+    parser.add_argument("--steps", type=at_least(1), default=TrainConfig.steps)
+    parser.add_argument("--batch-size", type=at_least(1), default=TrainConfig.batch_size)
+    parser.add_argument("--lr", type=between(0, 1, low_open=True), default=TrainConfig.lr)
+    parser.add_argument("--warmup", type=at_least(0), default=TrainConfig.warmup_steps)
+    parser.add_argument("--seed", type=at_least(0), default=TrainConfig.seed)
+    parser.add_argument("--threads", type=at_least(1), default=TrainConfig.threads)
+    parser.add_argument("--followups", type=at_least(0), default=TrainConfig.followups)
+    parser.add_argument("--description-first", type=between(0, 1), default=TrainConfig.description_first)
+    parser.add_argument("--checkpoint-every", type=at_least(1), default=TrainConfig.checkpoint_every)
+    parser.add_argument("--text-layers", type=at_least(1), default=ToyArchitecture.text_layers)
+    parser.add_argument("--vision-lr-scale", type=at_least(0.0, float), default=TrainConfig.vision_lr_scale)
+    parser.add_argument("--lookup-share", type=between(0, 1), default=TrainConfig.lookup_share)
     parser.add_argument("--init-from", default=None, help="fine-tune from a save_pretrained folder")
-    parser.add_argument("--sink-layers", type=int, nargs="*", default=None,
+    parser.add_argument("--sink-layers", type=at_least(0), nargs="*", default=None,
                         help="decoder layers whose head --sink-head gets attention supervision (off by default)")
-    parser.add_argument("--sink-head", type=int, default=0)
-    parser.add_argument("--sink-weight", type=float, default=1.0)
-    parser.add_argument("--vision-steps", type=int, default=TrainConfig.vision_steps,
+    parser.add_argument("--sink-head", type=at_least(0), default=0)
+    parser.add_argument("--sink-weight", type=at_least(0.0, float), default=1.0)
+    parser.add_argument("--vision-steps", type=at_least(0), default=TrainConfig.vision_steps,
                         help="steps of the per-patch vision pre-training before the chat stage (0: none)")
-    parser.add_argument("--binding-share", type=float, default=TrainConfig.binding_share,
+    parser.add_argument("--binding-share", type=between(0, 1), default=TrainConfig.binding_share,
                         help="share of follow-ups that ask about every object's cell (look-ups, colour)")
-    parser.add_argument("--rowmate-weight", type=float, default=TrainConfig.rowmate_weight,
+    parser.add_argument("--rowmate-weight", type=at_least(0.0, float), default=TrainConfig.rowmate_weight,
                         help="weight of binding questions about objects that share their row with another object")
-    parser.add_argument("--crowded-share", type=float, default=TrainConfig.crowded_share,
+    parser.add_argument("--crowded-share", type=between(0, 1), default=TrainConfig.crowded_share,
                         help="share of sequences whose scene has two or more objects in one row")
     parser.add_argument("--aspect-weights", default=None, type=parse_aspect_weights,
                         help="relative sampling weights of the yes/no aspects, e.g. existence=2,color=2,count=0.5 "
@@ -401,11 +403,35 @@ def main(argv=None) -> None:
     parser.add_argument("--recipe", default=None, choices=sorted(RECIPES),
                         help="run every stage of a named recipe into DIR/<stage> (resumable; the other "
                              "hyper-parameter flags are then ignored but --threads and --device)")
-    args = parser.parse_args(argv)
+    add_version(parser)
+    return parser
+
+
+def validate(args) -> None:
+    """Check the arguments before anything is written (raises :class:`~vlmnb.core.usage.UsageError`)."""
+    out = check_output_folder(args.out)
+    check_device(args.device)
+    if args.init_from:
+        check_input_folder(args.init_from, "--init-from", must_hold="config.json")
+    if args.sink_layers and not args.init_from and max(args.sink_layers) >= args.text_layers:
+        raise UsageError(f"--sink-layers {max(args.sink_layers)}: the model has {args.text_layers} text layers "
+                         f"(0 to {args.text_layers - 1})")
+    if not args.recipe and not args.resume and (out / "checkpoint" / "state.json").exists():
+        raise UsageError(f"--out {out} holds a training run; add --resume to continue it, or choose another --out")
+
+
+def main(argv=None) -> int:
+    """``python -m vlmnb.toy.train ...``; returns the exit status (2, one line: bad input)."""
+    return run_main(_main, argv)
+
+
+def _main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    validate(args)
     if args.recipe:
         final = train_recipe(args.out, args.recipe, device=args.device, threads=args.threads)
         print(f"[recipe] done: {final} (copy it to vlmnb/toy/checkpoint to ship it)")
-        return
+        return 0
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
                       seed=args.seed, threads=args.threads, followups=args.followups,
                       description_first=args.description_first, checkpoint_every=args.checkpoint_every,
@@ -424,7 +450,8 @@ def main(argv=None) -> None:
         saved["sink_aspects"] = tuple(saved.get("sink_aspects", TrainConfig.sink_aspects))
         cfg = TrainConfig(**saved)
     train(args.out, cfg, resume=args.resume, device=args.device)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -45,6 +45,7 @@ import numpy as np
 from vlmnb.core.vocab import SPAN_NAMES
 from vlmnb.engine.record import Record
 from vlmnb.views import plots
+from vlmnb.data import match_category
 
 ASSETS = Path(__file__).resolve().parent / "explorer_assets"
 FORMAT_VERSION = 1
@@ -104,10 +105,6 @@ def match_masks(text: str, words: Sequence[Word], names: Sequence[str]) -> list[
                 if out[w] < 0 and word.start >= m.start() and word.end <= m.end():
                     out[w] = index
     if any(o < 0 for o in out) and names:
-        try:
-            from vlmnb.data import match_category
-        except ImportError:  # the data module's optional parts are missing
-            return out
         for w, word in enumerate(words):
             if out[w] < 0:
                 found = match_category(word.text, names)
