@@ -40,7 +40,7 @@ import numpy as np
 from vlmnb.engine import families
 from vlmnb.engine.knockout import RowLayout, as_knockout_list, resolve_selection, span_positions
 from vlmnb.engine.sharedkv import SplitKV, preallocate, shared_cache, split_attention
-from vlmnb.engine.vlm import Generation, token_offsets
+from vlmnb.engine.vlm import Generation, token_offsets, with_generated
 
 #: default of :func:`generate_rows`'s ``early_stop``: drop rows from the batch when they end
 EARLY_STOP = True
@@ -326,14 +326,6 @@ def _pad_id(vlm, cfg) -> int:
     return int(eos if eos is not None else 0)
 
 
-def _with_generated(spans, generated: np.ndarray):
-    if dataclasses.is_dataclass(spans):
-        return dataclasses.replace(spans, generated=generated)
-    spans = copy.copy(spans)
-    spans.generated = generated
-    return spans
-
-
 def _decode(vlm, prefix: Prefix, cache, row_knockouts, max_new_tokens: int, record, record_rows, stop):
     """Greedy decoding of ``len(row_knockouts)`` rows continuing ``cache`` (the prompt but its last
     token), dropping rows from the batch once they have produced an end-of-sequence id (as soon
@@ -403,7 +395,7 @@ def _decode(vlm, prefix: Prefix, cache, row_knockouts, max_new_tokens: int, reco
         text, offsets = token_offsets(vlm.tokenizer, tokens[r])
         out.append(Generation(
             text=text, token_ids=tokens[r], tokens=[text[s:e] for s, e in offsets], offsets=offsets,
-            spans=_with_generated(inp.spans, np.arange(n_prompt, n_prompt + len(tokens[r]))),
+            spans=with_generated(inp.spans, np.arange(n_prompt, n_prompt + len(tokens[r]))),
             recording=by_row.get(r), knockout=active[r]))
     return out
 

@@ -70,31 +70,11 @@ def model_class(config, trust_remote_code: bool):
 
 def load_pretrained(name_or_path: str | os.PathLike, *, dtype=None, device_map=None, revision: str | None = None,
                     trust_remote_code: bool = False, **kwargs) -> Loaded:
-    """Load a vision-language model and its processor (see :func:`vlmnb.engine.vlm.load`).
-
-    Args:
-        name_or_path: ``"toy"`` (the embedded model, :mod:`vlmnb.toy`), a local
-            ``save_pretrained`` folder, or a Hugging Face hub id. Hub ids are read from the
-            local cache first; when the hub is unreachable (or ``HF_HUB_OFFLINE=1``) only the
-            cache is used and a missing model raises :class:`ModelNotAvailable`.
-        dtype: torch dtype or its name (``"bfloat16"``, ``"float16"``, ``"float32"``, ``"auto"``
-            for the checkpoint's own); default float32 on CPU and the checkpoint's own dtype on GPU.
-        device_map: passed to accelerate (e.g. ``"auto"`` with ``max_memory=...`` to shard a
-            large model over GPUs); default ``"auto"`` when CUDA is available, else CPU.
-        revision: for a hub id, the branch, tag or commit (a unique prefix of a cached commit
-            works too) whose config, processor and weights are loaded, all three from the same
-            commit; default the cache's (or the hub's) ``main``. Not for local folders.
-        trust_remote_code: run the checkpoint's own modelling code (off unless you ask).
-        **kwargs: passed to ``from_pretrained`` of the model (e.g. ``max_memory``).
-
-    The result's ``revision`` is the commit a hub id resolved to (its cache snapshot's folder
-    name), or for a local folder a digest of its weights (:func:`weights_revision`).
-    """
+    """The model, processor, name, family and revision behind :func:`vlmnb.engine.vlm.load`
+    (whose docstring describes every argument): the loading without the :class:`VLM` wrapper."""
     import torch
     from transformers import AutoConfig, AutoProcessor
 
-    if "revision" in kwargs:  # an older spelling passed it through **kwargs
-        revision = kwargs.pop("revision")
     dtype = torch_dtype(dtype)
 
     name = str(name_or_path)

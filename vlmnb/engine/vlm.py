@@ -305,7 +305,7 @@ class VLM:
             n_prompt = int(input_ids_of(inp).shape[-1])
             out.append(Generation(
                 text=text, token_ids=ids, tokens=[text[s:e] for s, e in offsets], offsets=offsets,
-                spans=_with_generated(inp.spans, np.arange(n_prompt, n_prompt + len(ids))),
+                spans=with_generated(inp.spans, np.arange(n_prompt, n_prompt + len(ids))),
                 recording=recordings[b] if recordings else None, knockout=active[b]))
         return out
 
@@ -407,7 +407,8 @@ def append_tokens(inputs: dict, tokens) -> dict:
     return out
 
 
-def _with_generated(spans, generated: np.ndarray):
+def with_generated(spans, generated: np.ndarray):
+    """``spans`` with its ``generated`` positions set (a copy; dataclasses or plain objects)."""
     if dataclasses.is_dataclass(spans):
         return dataclasses.replace(spans, generated=generated)
     spans = copy.copy(spans)

@@ -201,16 +201,20 @@ def crowded_scene(index: int, seed: int = 0):
     raise RuntimeError(f"no crowded scene among 64 candidates for index {index}")  # p ~ 0.5**64
 
 
+def training_scene(index: int, rng: np.random.Generator, cfg):
+    """Training scene ``index``: a crowded one with probability ``cfg.crowded_share`` (drawn from
+    ``rng``), else the plain training scene of that index."""
+    if cfg.crowded_share > 0 and rng.random() < cfg.crowded_share:
+        return crowded_scene(index, cfg.seed)
+    return make_scene(index, split="train", seed=cfg.seed)
+
+
 def make_batch(step: int, cfg: TrainConfig, builder: SequenceBuilder) -> dict:
     """The batch of training step ``step`` (a pure function of seed and step)."""
     rng = np.random.default_rng([cfg.seed, step])
     images, seqs = [], []
     for b in range(cfg.batch_size):
-        index = step * cfg.batch_size + b
-        if cfg.crowded_share > 0 and rng.random() < cfg.crowded_share:
-            scene = crowded_scene(index, cfg.seed)
-        else:
-            scene = make_scene(index, split="train", seed=cfg.seed)
+        scene = training_scene(step * cfg.batch_size + b, rng, cfg)
         images.append(scene.image)
         seqs.append(builder.encode(sample_turns(scene, rng, cfg), scene,
                                    cfg.sink_aspects if cfg.sink_layers else ()))

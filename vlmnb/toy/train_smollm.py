@@ -33,8 +33,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from vlmnb.toy.model import DEFAULT_PROMPT, NUM_IMAGE_TOKENS, pixel_values
-from vlmnb.toy.scenes import make_scene, make_scenes
-from vlmnb.toy.batches import TASKS, crowded_scene, lr_at, sample_turns
+from vlmnb.toy.scenes import make_scenes
+from vlmnb.toy.batches import TASKS, lr_at, sample_turns, training_scene
 from vlmnb.toy.evaluate import generate_answers
 from vlmnb.toy.metrics import description_quality
 from vlmnb.toy.smollm import add_lora, assemble, load_language_model, save_trained
@@ -134,11 +134,7 @@ def make_batch(step: int, cfg: SmolTrainConfig, builder: SmolSequenceBuilder) ->
     rng = np.random.default_rng([cfg.seed, step])
     images, seqs = [], []
     for b in range(cfg.batch_size):
-        index = step * cfg.batch_size + b
-        if cfg.crowded_share > 0 and rng.random() < cfg.crowded_share:
-            scene = crowded_scene(index, cfg.seed)
-        else:
-            scene = make_scene(index, split="train", seed=cfg.seed)
+        scene = training_scene(step * cfg.batch_size + b, rng, cfg)
         images.append(scene.image)
         seqs.append(builder.encode(sample_turns(scene, rng, cfg)))
     width = max(len(s[0]) for s in seqs)
