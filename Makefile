@@ -1,10 +1,21 @@
 # Two entry points (see README): `make book` and `make test`.
-# Everything stays inside this folder: caches, Jupyter/IPython/matplotlib/HF state.
+# Everything make writes stays inside this folder: caches, Jupyter/IPython/matplotlib state.
+# Models are read from your own Hugging Face cache (HF_HOME / HF_HUB_CACHE as you set them,
+# else ~/.cache/huggingface), and a model missing there is downloaded when the hub is
+# reachable; HF_HUB_OFFLINE=1 make ... keeps it to the cache.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 CACHE := $(CURDIR)/.cache
+# the exact builds setup installs (pyproject.toml holds ranges); CONSTRAINTS= installs without
+CONSTRAINTS ?= constraints.txt
+
+# Your Hugging Face cache, resolved before XDG_CACHE_HOME is pointed inside the tree below
+# (huggingface_hub would otherwise look for it under the tree's .cache/xdg).
+ifeq ($(strip $(HF_HOME)),)
+export HF_HOME := $(if $(strip $(XDG_CACHE_HOME)),$(XDG_CACHE_HOME),$(HOME)/.cache)/huggingface
+endif
 
 export JUPYTER_DATA_DIR := $(CACHE)/jupyter
 export JUPYTER_CONFIG_DIR := $(CACHE)/jupyter-config
@@ -12,14 +23,12 @@ export JUPYTER_RUNTIME_DIR := $(CACHE)/jupyter-runtime
 export JUPYTER_PLATFORM_DIRS := 1
 export IPYTHONDIR := $(CACHE)/ipython
 export MPLCONFIGDIR := $(CACHE)/matplotlib
-export HF_HOME := $(CACHE)/huggingface
 export TORCH_HOME := $(CACHE)/torch
 export XDG_CACHE_HOME := $(CACHE)/xdg
 export XDG_DATA_HOME := $(CACHE)/xdg-data
 export XDG_CONFIG_HOME := $(CACHE)/xdg-config
 export PIP_CACHE_DIR := $(CACHE)/pip
 export VLMNB_CACHE_DIR := $(CACHE)/vlmnb
-export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
@@ -36,11 +45,12 @@ help:
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	@echo "[setup] Python environment in $(VENV) (first run: a few minutes)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { echo "[setup] FAILED: creating the virtual environment with $(PYTHON)"; exit 1; }
 	@$(PY) -m pip install --quiet --upgrade pip || { echo "[setup] FAILED: upgrading pip"; exit 1; }
-	@$(PY) -m pip install --quiet -e ".[book,test]" || { echo "[setup] FAILED: pip install -e .[book,test]"; exit 1; }
+	@$(PY) -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[book,test,sam]" \
+	  || { echo "[setup] FAILED: pip install $(if $(CONSTRAINTS),-c $(CONSTRAINTS) )-e .[book,test,sam]"; exit 1; }
 	@touch $@
 	@echo "[setup] done"
 

@@ -132,7 +132,7 @@ def test_text_that_does_not_fit_is_refused(annotation, text):
     import ast
 
     kind = book.parse_type(ast.parse(annotation, mode="eval").body)
-    assert book.read_text(text, kind) is book._NO
+    assert book.read_text(text, kind) is book.NO_FIT
 
 
 def test_check_parameters_rejects_wrong_type_and_unknown_name(mini_book):
@@ -332,3 +332,19 @@ def test_a_chapter_on_a_hub_cache_model_names_its_commit(tmp_path):
 def test_broken_profiles_file_is_one_line(mini_book):
     (mini_book / "notebooks" / "profiles.yml").write_text("ci:\n  all: [\n")
     _one_line_error(_runner(mini_book, "--no-build", "--profile", "ci"), "profiles.yml is not valid YAML")
+
+
+def test_a_chapter_not_executed_gets_a_page_that_says_so(tmp_path):
+    """``make book ARGS=02_knockout`` on a fresh clone builds: the other chapters get a page
+    naming the command that executes them (and no input digest, so the next run does)."""
+    import nbformat
+
+    chapter = next(c for c in book.chapters(ROOT) if c.name == "03_localization")
+    chapter = book.Chapter(chapter.name, chapter.source, tmp_path / "chapters" / "03_localization.ipynb")
+    book.write_placeholder(chapter)
+    nb = nbformat.read(chapter.target, as_version=4)
+    assert len(nb.cells) == 1 and nb.cells[0].cell_type == "markdown"
+    text = nb.cells[0].source
+    assert text.splitlines()[0] == "# Fine details are read from the image where they are"
+    assert "make book ARGS=03_localization" in text and "not executed" in text
+    assert not (tmp_path / "chapters" / book.STATE_FILE).exists()

@@ -87,7 +87,7 @@ def test_quality_filters_reject_with_a_reason(parts, sample):
 def test_real_loaders_fail_clearly_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    with pytest.raises(ModelNotAvailable, match="huggingface-cli download google/owlv2"):
+    with pytest.raises(ModelNotAvailable, match="hf download google/owlv2"):
         G.Detector.load("owlv2")
     with pytest.raises(FileNotFoundError, match="sam_vit_b_01ec64.pth"):
         G.load_sam(tmp_path / "nope.pth", model_type="vit_b")

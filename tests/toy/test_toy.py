@@ -537,3 +537,16 @@ def test_quality_table_reads_eval_json(tmp_path):
     assert table.loc[("description", "exact match"), "image swapped"] == ""
     with pytest.raises(FileNotFoundError, match="evaluate"):
         quality_table(tmp_path)
+
+
+def test_scene_questions_do_not_depend_on_the_hash_seed():
+    """The questions of a scene are the same in every process (no set iteration order leaks in)."""
+    import subprocess
+    import sys
+
+    code = ("from vlmnb.toy.scenes import make_scenes\n"
+            "print([q.text for s in make_scenes(40, split='test', seed=0) for q in s.questions])")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**__import__("os").environ, "PYTHONHASHSEED": str(seed)}).stdout
+            for seed in (1, 2, 3, 4)}
+    assert len(outs) == 1

@@ -43,6 +43,9 @@ from pathlib import Path
 
 import yaml
 
+from vlmnb.cli.parameters import (NO_FIT, Parameter, Text, conform, describe_type, parse_type, read_text,
+                                    type_of_default)
+
 CHAPTER_DIR = Path("book") / "chapters"
 NOTEBOOK_DIR = Path("notebooks")
 PROFILES_FILE = NOTEBOOK_DIR / "profiles.yml"
@@ -106,165 +109,6 @@ def chapters(root: Path | None = None) -> list[Chapter]:
     return found
 
 
-# -- parameter types -------------------------------------------------------------------------
-# A type is a small tuple: ("any",), ("str",), ("int",), ("float",), ("bool",), ("none",),
-# ("literal", values), ("list", item), ("tuple", items), ("union", alternatives).
-ANY = ("any",)
-
-
-@dataclass(frozen=True)
-class Text:
-    """A parameter value given as text (``-p``, ``VLMNB_PARAMS``), read against the declared type
-    of each chapter's parameter (:func:`read_text`)."""
-
-    text: str
-    origin: str = "-p"
-
-
-@dataclass
-class Parameter:
-    """One parameter of a notebook: its default, its type and whether the type was declared."""
-
-    name: str
-    default: object
-    type: tuple = ANY
-    declared: bool = False
-
-    def describe(self) -> str:
-        shown = describe_type(self.type)
-        return shown if self.declared else f"{shown} like its default {self.default!r}"
-
-
-def _type_of_default(default) -> tuple:
-    if default is None:
-        return ANY
-    if isinstance(default, bool):
-        return ("bool",)
-    if isinstance(default, int):
-        return ("int",)
-    if isinstance(default, float):
-        return ("float",)
-    if isinstance(default, (list, tuple)):
-        return ("list", ANY)
-    if isinstance(default, str):
-        return ("str",)
-    return ANY
-
-
-_SIMPLE = {"str": ("str",), "int": ("int",), "float": ("float",), "bool": ("bool",), "None": ("none",),
-           "Any": ANY, "object": ANY, "list": ("list", ANY), "List": ("list", ANY), "tuple": ("list", ANY),
-           "Tuple": ("list", ANY)}
-
-
-def parse_type(node: ast.expr) -> tuple:
-    """The type an annotation (an ``ast`` expression) declares; ValueError for what it cannot read."""
-    if isinstance(node, ast.Constant) and node.value is None:
-        return ("none",)
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):  # a quoted annotation
-        return parse_type(ast.parse(node.value, mode="eval").body)
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-        alternatives = []
-        for side in (node.left, node.right):
-            kind = parse_type(side)
-            alternatives += list(kind[1]) if kind[0] == "union" else [kind]
-        return ("union", tuple(alternatives))
-    name = _type_name(node)
-    if name in _SIMPLE:
-        return _SIMPLE[name]
-    if isinstance(node, ast.Subscript):
-        base = _type_name(node.value)
-        args = list(node.slice.elts) if isinstance(node.slice, ast.Tuple) else [node.slice]
-        if base in ("list", "List", "Sequence") and len(args) == 1:
-            return ("list", parse_type(args[0]))
-        if base in ("tuple", "Tuple"):
-            if len(args) == 2 and isinstance(args[1], ast.Constant) and args[1].value is Ellipsis:
-                return ("list", parse_type(args[0]))
-            return ("tuple", tuple(parse_type(a) for a in args))
-        if base == "Literal":
-            return ("literal", tuple(ast.literal_eval(a) for a in args))
-        if base == "Optional" and len(args) == 1:
-            return ("union", (parse_type(args[0]), ("none",)))
-        if base == "Union":
-            return ("union", tuple(parse_type(a) for a in args))
-    raise ValueError(ast.unparse(node))
-
-
-def _type_name(node: ast.expr) -> str | None:
-    return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
-
-
-def describe_type(kind: tuple) -> str:
-    """A type as a reader writes it: ``"auto" or list[int]``."""
-    tag = kind[0]
-    if tag == "union":
-        return " or ".join(describe_type(k) for k in kind[1])
-    if tag == "literal":
-        return " or ".join(json.dumps(v) if isinstance(v, str) else repr(v) for v in kind[1])
-    if tag == "list":
-        return "list" if kind[1] == ANY else f"list[{describe_type(kind[1])}]"
-    if tag == "tuple":
-        return f"[{', '.join(describe_type(k) for k in kind[1])}]"
-    return {"none": "None", "any": "any value"}.get(tag, tag)
-
-
-_NO = object()
-
-
-def conform(value, kind: tuple):
-    """``value`` as type ``kind`` wants it (tuples become lists, ints in a float slot floats), or
-    ``_NO`` when it does not fit."""
-    tag = kind[0]
-    if tag == "any":
-        return list(value) if isinstance(value, tuple) else value
-    if tag == "union":
-        for alternative in kind[1]:
-            got = conform(value, alternative)
-            if got is not _NO:
-                return got
-        return _NO
-    if tag == "str":
-        return value if isinstance(value, str) else _NO
-    if tag == "bool":
-        return value if isinstance(value, bool) else _NO
-    if tag == "int":
-        return value if isinstance(value, int) and not isinstance(value, bool) else _NO
-    if tag == "float":
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _NO
-    if tag == "none":
-        return None if value is None else _NO
-    if tag == "literal":
-        return value if any(type(value) is type(v) and value == v for v in kind[1]) else _NO
-    if tag in ("list", "tuple"):
-        if not isinstance(value, (list, tuple)):
-            return _NO
-        items = [kind[1]] * len(value) if tag == "list" else list(kind[1])
-        if len(items) != len(value):
-            return _NO
-        out = [conform(v, k) for v, k in zip(value, items)]
-        return _NO if any(v is _NO for v in out) else out
-    raise ValueError(f"unknown type {kind!r}")
-
-
-def read_text(text: str, kind: tuple):
-    """Text as a value of type ``kind``: the first of its Python-literal reading, its YAML reading
-    and the text itself that fits, or ``_NO``."""
-    readings = []
-    try:
-        readings.append(ast.literal_eval(text.strip()))
-    except Exception:  # noqa: BLE001 -- not a Python literal: try the next reading
-        pass
-    try:
-        readings.append(yaml.safe_load(text) if text.strip() else "")
-    except yaml.YAMLError:
-        pass
-    readings.append(text)
-    for reading in readings:
-        got = conform(reading, kind)
-        if got is not _NO:
-            return got
-    return _NO
-
-
 def notebook_parameters(source: Path) -> dict[str, Parameter]:
     """The parameters cell of a notebook as {name: :class:`Parameter`} (default and type)."""
     import nbformat
@@ -286,7 +130,7 @@ def notebook_parameters(source: Path) -> dict[str, Parameter]:
                 except ValueError:
                     default = None  # computed default: accept any override
                 if annotation is None:
-                    found[target.id] = Parameter(target.id, default, _type_of_default(default))
+                    found[target.id] = Parameter(target.id, default, type_of_default(default))
                     continue
                 try:
                     kind = parse_type(annotation)
@@ -344,7 +188,7 @@ def check_parameters(chapter: Chapter, params: dict, strict: bool = True) -> dic
         else:
             got = conform(value, param.type)
             shown = repr(value)
-        if got is _NO:
+        if got is NO_FIT:
             raise BookError(f"{chapter.name}: parameter {name!r} must be {param.describe()}, got {shown}")
         checked[name] = got
     return checked
@@ -478,6 +322,21 @@ def execute(chapter: Chapter, root: Path, *, kernel: str = "python3", force: boo
     return True
 
 
+def write_placeholder(chapter: Chapter) -> None:
+    """A page for a chapter this build did not execute (``make book ARGS=02_knockout`` on a fresh
+    clone), saying so and how to run it, so that the book still builds. It keeps no input digest,
+    so the next run executes the chapter."""
+    import nbformat
+
+    nb = nbformat.read(chapter.source, as_version=4)
+    title = next((line for cell in nb.cells if cell.cell_type == "markdown"
+                  for line in cell.source.splitlines() if line.startswith("# ")), f"# {chapter.name}")
+    text = (f"{title}\n\n```{{note}}\nThis chapter was not executed in this build. Run it with "
+            f"`make book ARGS={chapter.name}` (or `python -m vlmnb book {chapter.name}`).\n```\n")
+    chapter.target.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(text)]), chapter.target)
+
+
 def build_html(root: Path) -> Path:
     """``jupyter-book build`` with warnings as errors; returns the HTML folder."""
     exe = Path(sys.executable).parent / "jupyter-book"
@@ -521,6 +380,9 @@ def run(names: list[str] | None = None, *, profile: str = "default", params: dic
         print(f"[book] chapter {i}/{len(selected)}", flush=True)
         execute(chapter, root, kernel=kernel, force=force)
     if build:
+        for chapter in all_chapters:
+            if not chapter.target.exists():
+                write_placeholder(chapter)
         html = build_html(root)
         print(f"[book] built {html / 'index.html'}")
     return selected

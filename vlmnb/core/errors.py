@@ -12,3 +12,7 @@ class OneLineError:
 
     def _render_traceback_(self) -> list[str]:
         return [f"{type(self).__name__}: {self}"]
+
+
+class MissingExtra(OneLineError, ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""

@@ -56,8 +56,7 @@ class EncodedImage:
 def _mme_help(where: str) -> str:
     return (f"download the benchmark from the Hugging Face hub ({MME_HUB_ID}) with\n"
             f"  hf download {MME_HUB_ID} --repo-type dataset --local-dir {where}\n"
-            f"(log in first with `hf auth login` if the hub asks; older huggingface_hub: "
-            f"huggingface-cli download ...), then load_mme({where!r}) "
+            f"(log in first with `hf auth login` if the hub asks), then load_mme({where!r}) "
             f"or check it with: python -m vlmnb data mme --dir {where}")
 
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from vlmnb.core.errors import MissingExtra
 from vlmnb.core.paths import cache_dir as cache_root
 from vlmnb.data.masks import CocoMasks, DetailMask, FirstOf, ToyMasks
 from vlmnb.engine.loading import ModelNotAvailable, hub_offline
@@ -55,13 +56,25 @@ DETECTORS = {
 
 
 # ============================================================================ Segment Anything
+def segment_anything_module():
+    """``segment_anything``, or a one-line :class:`MissingExtra` naming the ``sam`` extra (the
+    package and torchvision, which it imports, are optional: see README, "In your own environment")."""
+    try:
+        import segment_anything
+    except ImportError as exc:
+        raise MissingExtra(f"Segment Anything masks need the optional 'sam' extra ({exc.name or 'segment_anything'} "
+                           "is not installed): pip install 'vlmnb[sam]', after the torchvision that matches "
+                           "your torch") from None
+    return segment_anything
+
+
 def load_sam(checkpoint: str | os.PathLike | None = None, model_type: str = "vit_h", device: str | None = None):
     """Segment Anything from an official checkpoint file, through ``sam_model_registry``.
 
     ``checkpoint``: the ``.pth`` file; default: ``$VLMNB_SAM_CHECKPOINT``, else
     ``<cache>/sam/<official file name>`` (see :func:`vlmnb.core.paths.cache_dir`).
     """
-    from segment_anything import sam_model_registry
+    sam_model_registry = segment_anything_module().sam_model_registry
 
     if model_type not in SAM_CHECKPOINTS:
         raise ValueError(f"unknown SAM model type {model_type!r}; use one of {sorted(SAM_CHECKPOINTS)}")
@@ -87,6 +100,8 @@ def tiny_sam(seed: int = 0, image_size: int = 64, dim: int = 32):
     from functools import partial
 
     import torch
+
+    segment_anything_module()
     from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
     patch = 8
@@ -146,7 +161,7 @@ class Detector:
             if hub_offline():
                 raise ModelNotAvailable(
                     f"detector {source!r} is not in the local cache and the hub is unreachable; download it "
-                    f"first with `huggingface-cli download {source}` on a machine with network access") from exc
+                    f"first with `hf download {source}` on a machine with network access") from exc
             model = AutoModelForZeroShotObjectDetection.from_pretrained(source)
             processor = AutoProcessor.from_pretrained(source)
         return cls(model.to(device or _default_device()), processor, name=str(source))
@@ -241,7 +256,7 @@ class TextPromptedMasks:
 
     def __init__(self, detector: Detector, sam, min_box_score: float = 0.1, min_mask_score: float = 0.7,
                  min_inside: float = 0.8, cache_dir: str | os.PathLike | None = None):
-        from segment_anything import SamPredictor
+        SamPredictor = segment_anything_module().SamPredictor
 
         self.detector = detector
         self.predictor = SamPredictor(sam)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlmnb.core.errors import OneLineError
+from vlmnb.core.errors import MissingExtra, OneLineError
 from vlmnb.engine import families
 from vlmnb.toy import checkpoint_path
 
@@ -131,6 +131,13 @@ def load_pretrained(name_or_path: str | os.PathLike, *, dtype=None, device_map=N
     try:
         model = model_cls.from_pretrained(source, dtype=dtype, device_map=device_map, **common, **kwargs)
         processor = AutoProcessor.from_pretrained(source, **common)
+    except ImportError as exc:
+        if "torchvision" not in str(exc).lower():
+            raise
+        # transformers' processors of several families (Qwen2-VL, InternVL, Idefics3, ...) need it
+        raise MissingExtra(f"{name!r}: its processor needs torchvision, which is not installed; install the "
+                           "torchvision built for your torch (pip would otherwise replace your torch), or "
+                           "pip install 'vlmnb[torchvision]'") from None
     except OSError as exc:
         if local_only and not local and hub_offline():
             raise ModelNotAvailable(f"{name!r} is only partly in the local cache and the hub is unreachable "

@@ -133,7 +133,9 @@ def _questions(objects: list[ToyObject], rng: np.random.Generator, index: int) -
     # colour: the same object asked with its colour and with another colour (another colour
     # present in the scene when possible)
     target = objects[rng.integers(len(objects))]
-    others = [c for c in colors if c != target.color] or [c for c in COLORS if c != target.color]
+    # in COLORS' order, never a set's: a set's order changes with PYTHONHASHSEED, and so did the
+    # question (the book's chapter 5 asked scenes 9 and 10 different questions run to run)
+    others = [c for c in COLORS if c in colors and c != target.color] or [c for c in COLORS if c != target.color]
     wrong = others[rng.integers(len(others))]
     pid = f"{index}-color"
     out.append(Question(f"is the object at the {target.cell} {target.color}?", "yes.", "color", pid))
