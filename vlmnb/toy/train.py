@@ -167,15 +167,21 @@ def _load_checkpoint(out: Path, model, optimizer, device: str = "cpu") -> int:
     ckpt = out / "checkpoint"
     state = json.loads((ckpt / "state.json").read_text())
     model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+    restore_adam(optimizer, dict(model.named_parameters()), ckpt, state, device)
+    return int(state["step"])
+
+
+def restore_adam(optimizer, params: dict, ckpt: Path, state: dict, device: str = "cpu") -> None:
+    """Put the AdamW moments and step counts of checkpoint folder ``ckpt`` (``optimizer.safetensors``
+    and ``state["adam_steps"]``) back on ``params`` ({name: parameter}), and torch's RNG state."""
     tensors = load_file(str(ckpt / "optimizer.safetensors"))
     rng_state = tensors.pop("__torch_rng_state__")
     tensors = {k: v.to(device) for k, v in tensors.items()}
-    for n, p in model.named_parameters():
+    for n, p in params.items():
         if f"{n}.exp_avg" in tensors:
             optimizer.state[p] = {"step": torch.tensor(state["adam_steps"][n]),
                                   "exp_avg": tensors[f"{n}.exp_avg"], "exp_avg_sq": tensors[f"{n}.exp_avg_sq"]}
     torch.set_rng_state(rng_state)
-    return int(state["step"])
 
 
 def train(out: str | Path, cfg: TrainConfig = TrainConfig(), resume: bool = False,

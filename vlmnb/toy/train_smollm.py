@@ -37,6 +37,7 @@ from vlmnb.toy.scenes import make_scenes
 from vlmnb.toy.batches import TASKS, lr_at, sample_turns, training_scene
 from vlmnb.toy.evaluate import generate_answers
 from vlmnb.toy.metrics import description_quality
+from vlmnb.toy.train import restore_adam
 from vlmnb.toy.smollm import add_lora, assemble, load_language_model, save_trained
 
 LOG_COLUMNS = (["step", "loss", "lr", "grad_norm", "tokens", "supervised", "elapsed_s"]
@@ -242,15 +243,7 @@ def _load_checkpoint(out: Path, model, optimizer) -> int:
     with torch.no_grad():
         for n, v in load_file(str(ckpt / "trainable.safetensors")).items():
             params[n].copy_(v)
-    tensors = load_file(str(ckpt / "optimizer.safetensors"))
-    rng_state = tensors.pop("__torch_rng_state__")
-    device = next(iter(params.values())).device
-    tensors = {k: v.to(device) for k, v in tensors.items()}
-    for n, p in params.items():
-        if f"{n}.exp_avg" in tensors:
-            optimizer.state[p] = {"step": torch.tensor(state["adam_steps"][n]),
-                                  "exp_avg": tensors[f"{n}.exp_avg"], "exp_avg_sq": tensors[f"{n}.exp_avg_sq"]}
-    torch.set_rng_state(rng_state)
+    restore_adam(optimizer, params, ckpt, state, next(iter(params.values())).device)
     return int(state["step"])
 
 
