@@ -270,7 +270,7 @@ def draw_layers(r: Report, path: Path) -> None:
             ax.add_patch(FancyBboxPatch((x, y), width, height, boxstyle="round,pad=0.02", fc="#eef3fb", ec="#3b6ea8"))
             ax.text(x + 0.12, y + height - 0.2, f"vlmnb.{name}", fontsize=11, weight="bold", va="top")
             text = ", ".join(members)
-            ax.text(x + 0.12, y + height - 0.52, "\n".join(_wrap(text, int(width * 13.5))), fontsize=7.5,
+            ax.text(x + 0.12, y + height - 0.52, "\n".join(_wrap(text, int(width * 11.5))), fontsize=9,
                     va="top", color="#333333")
     order = [name for row in rows for name in row]
     widths = {name: 7.6 / len(row) - (0.3 if len(row) > 1 else 0) for row in rows for name in row}
