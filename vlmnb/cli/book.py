@@ -50,6 +50,8 @@ CHAPTER_DIR = Path("book") / "chapters"
 NOTEBOOK_DIR = Path("notebooks")
 PROFILES_FILE = NOTEBOOK_DIR / "profiles.yml"
 STATE_FILE = ".inputs.json"
+#: warnings the executed chapters leave out (see :func:`execute`)
+QUIET_WARNINGS = "ignore:IProgress not found"
 
 
 class BookError(RuntimeError):
@@ -294,6 +296,11 @@ def execute(chapter: Chapter, root: Path, *, kernel: str = "python3", force: boo
     print(f"[book] {chapter.name}: executing with {shown}", flush=True)
     start = time.time()
     partial = chapter.target.with_suffix(".partial.ipynb")
+    # The kernel inherits this: transformers imports tqdm.auto, which, without ipywidgets, warns
+    # "IProgress not found" with a local site-packages path into every chapter. Bars are plain
+    # text in the book (vlmnb.core.progress), so the advice is noise there.
+    if QUIET_WARNINGS not in os.environ.get("PYTHONWARNINGS", ""):
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), QUIET_WARNINGS]))
     try:
         pm.execute_notebook(
             str(chapter.source), str(partial), parameters=chapter.parameters,

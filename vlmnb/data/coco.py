@@ -36,6 +36,7 @@ from vlmnb.core.images import load_image
 from vlmnb.core.paths import cache_dir as cache_root
 from vlmnb.core.text import plural
 from vlmnb.data.sample import Lazy, Sample
+from vlmnb.core.progress import progress_bar as tqdm
 
 __all__ = [
     "COCO_CATEGORIES", "COCO_SYNONYMS", "coco_ids", "category_synonyms", "match_category",
@@ -472,8 +473,6 @@ def download_coco(ids: Iterable[int] | None = None, cache_dir: str | os.PathLike
         ``id -> local path``. Raises FileNotFoundError (annotations missing) or
         ConnectionError (download failed) with the command that fixes it.
     """
-    from tqdm.auto import tqdm
-
     ids = coco_ids() if ids is None else [int(i) for i in ids]
     cache = coco_cache_dir(cache_dir)
     resolver = _subset_resolver(cache, annotations_dir, ids)

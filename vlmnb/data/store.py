@@ -69,6 +69,7 @@ import pyarrow.parquet as pq
 
 from vlmnb.core.errors import OneLineError
 from vlmnb import __version__
+from vlmnb.core.progress import progress_bar as tqdm
 
 __all__ = ["ResultStore", "UnitLoop", "merge", "read_parts", "library_versions", "CORE_COLUMNS",
            "unit_id", "is_store", "list_parts", "part_units", "stored_params", "params_differ", "set_aside",
@@ -339,7 +340,6 @@ class UnitLoop:
     def run(self, keys: Iterable[Mapping[str, Any]], compute: Callable[..., Iterable[Mapping[str, Any]]],
             progress: bool = True, desc: str | None = None) -> int:
         """For every key not done yet, store ``compute(**key)``'s rows; returns units computed."""
-        from tqdm.auto import tqdm
         keys = list(keys)
         todo = [k for k in keys if not self.done(k)]
         for key in tqdm(todo, desc=desc or self.path.name, disable=not progress or not todo):

@@ -9,6 +9,7 @@ from vlmnb.judge.exact import ExactJudge
 from vlmnb.judge.llm import LLMJudge
 from vlmnb.judge.offline import OfflineJudge
 from vlmnb.judge.result import JudgeResult
+from vlmnb.core.progress import progress_bar as tqdm
 
 __all__ = ["Judge", "default_judge", "get_judge", "compare", "compare_many"]
 
@@ -72,8 +73,6 @@ def compare_many(pairs: Iterable[tuple[str, str]], judge: Any = None, progress: 
     ``workers > 1`` runs that many comparisons at once in threads (useful for LLM endpoints;
     the cache is safe with concurrent writers).
     """
-    from tqdm.auto import tqdm
-
     j = get_judge(judge)
     pairs = list(pairs)
     bar = tqdm(total=len(pairs), desc=f"judge ({j.name})", disable=not progress)

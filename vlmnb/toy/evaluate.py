@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from vlmnb.core.usage import (ArgumentParser, UsageError, add_version, at_least, check_device, check_input_folder,
                               run_main)
@@ -31,6 +30,7 @@ from vlmnb.toy.model import DEFAULT_PROMPT
 from vlmnb.toy.scenes import make_scenes
 from vlmnb.toy.scenes import CELLS, crowded_cells
 from vlmnb.toy import checkpoint_path
+from vlmnb.core.progress import progress_bar as tqdm
 
 YES_NO_ASPECTS = ("existence", "color", "position", "count")
 

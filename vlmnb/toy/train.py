@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from vlmnb.core.usage import (ArgumentParser, UsageError, add_version, at_least, between, check_device,
                               check_input_folder, check_output_folder, run_main)
@@ -37,6 +36,7 @@ from vlmnb.toy.model import (PATCH_SIZE, ToyArchitecture, build_model, build_pro
 from vlmnb.toy.scenes import (ASPECTS, COLORS, GRID, IMAGE_SIZE, SHAPES, SIZES, make_scene)
 from vlmnb.toy.curves import training_curves
 from vlmnb.toy.curves import stage_curves
+from vlmnb.core.progress import progress_bar as tqdm
 
 def token_losses(model, batch, output_attentions: bool = False):
     """Per-token cross-entropy on the next token, with the shifted labels and task ids

@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from vlmnb.toy.model import DEFAULT_PROMPT, NUM_IMAGE_TOKENS, pixel_values
 from vlmnb.toy.scenes import make_scenes
@@ -39,6 +38,7 @@ from vlmnb.toy.evaluate import generate_answers
 from vlmnb.toy.metrics import description_quality
 from vlmnb.toy.train import restore_adam
 from vlmnb.toy.smollm import add_lora, assemble, load_language_model, save_trained
+from vlmnb.core.progress import progress_bar as tqdm
 
 LOG_COLUMNS = (["step", "loss", "lr", "grad_norm", "tokens", "supervised", "elapsed_s"]
                + [f"loss_{t}" for t in TASKS] + [f"first_{t}" for t in TASKS[2:]])
