@@ -362,9 +362,9 @@ def test_early_stop_drops_finished_rows_and_keeps_outputs(vlm):
 
 def test_early_stop_is_used_only_for_plain_greedy(vlm):
     inp = vlm.prepare(_image(2))
-    assert batched._greedy_setup(vlm, 10, {}) is not None
-    assert batched._greedy_setup(vlm, 10, {"do_sample": False, "use_cache": True}) is not None
-    assert batched._greedy_setup(vlm, 10, {"repetition_penalty": 1.3}) is None
+    assert batched.greedy_setup(vlm, 10, {}) is not None
+    assert batched.greedy_setup(vlm, 10, {"do_sample": False, "use_cache": True}) is not None
+    assert batched.greedy_setup(vlm, 10, {"repetition_penalty": 1.3}) is None
     calls = []
     original = vlm.generate_batch
     vlm.generate_batch = lambda *a, **k: calls.append(1) or original(*a, **k)

@@ -268,7 +268,7 @@ def generate_rows(vlm, inp, row_knockouts: Sequence[Any], max_new_tokens: int, *
         preallocate(cache, prompt + max_new_tokens)
     _restore_rope(vlm, prefix)
     stop_early = EARLY_STOP if early_stop is None else early_stop
-    stop = _greedy_setup(vlm, prompt, generate_kwargs) if stop_early else None
+    stop = greedy_setup(vlm, prompt, generate_kwargs) if stop_early else None
     if stop is not None:
         outs = _decode(vlm, prefix, cache, [per_row[i] for i in shared], max_new_tokens, rec, rec_rows, stop)
     else:
@@ -280,7 +280,7 @@ def generate_rows(vlm, inp, row_knockouts: Sequence[Any], max_new_tokens: int, *
     return results
 
 
-def _greedy_setup(vlm, prompt: int, generate_kwargs: dict):
+def greedy_setup(vlm, prompt: int, generate_kwargs: dict):
     """Whether the rows can be decoded by :func:`_decode` (plain greedy search, as ``generate``
     would run it here): returns the end-of-sequence ids and the padding id, or None."""
     extra = {k: v for k, v in generate_kwargs.items() if not (k == "do_sample" and not v)
