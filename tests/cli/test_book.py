@@ -59,7 +59,7 @@ def _printed(path: Path) -> str:
     return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
 
 
-def _one_line_error(done, *needles: str) -> str:
+def assert_one_line_error(done, *needles: str) -> str:
     assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
@@ -234,7 +234,7 @@ def test_lists_tuples_and_text_with_spaces_reach_the_notebook(mini_book):
     (["--no-such-option"], None, ["unrecognized arguments"]),
 ])
 def test_bad_values_are_one_line_before_anything_runs(mini_book, args, params, needles):
-    _one_line_error(_runner(mini_book, "--no-build", *args, params=params), *needles)
+    assert_one_line_error(_runner(mini_book, "--no-build", *args, params=params), *needles)
     assert not (mini_book / "book" / "chapters").exists()
 
 
@@ -249,12 +249,12 @@ def test_help_and_list(mini_book):
 def test_vlmnb_book_hands_values_with_spaces_to_the_runner(mini_book):
     # through `python -m vlmnb book` (vlmnb/cli/main.py): a value with spaces is one value
     done = _cli(mini_book, "--no-build", "-p", "prompt", "describe the image", "-p", "window", "[4, 20")
-    _one_line_error(done, "'window' must be")
+    assert_one_line_error(done, "'window' must be")
 
 
 def test_unreadable_type_declaration_is_named(mini_book):
     _notebook(mini_book / "notebooks" / "b_second.ipynb", "n_images: dict[str, int] = 2", "pass")
-    _one_line_error(_runner(mini_book, "b_second", "--no-build"), "b_second.ipynb", "'n_images'")
+    assert_one_line_error(_runner(mini_book, "b_second", "--no-build"), "b_second.ipynb", "'n_images'")
 
 
 # -- the book's own chapters --------------------------------------------------------------------
@@ -331,7 +331,7 @@ def test_a_chapter_on_a_hub_cache_model_names_its_commit(tmp_path):
 
 def test_broken_profiles_file_is_one_line(mini_book):
     (mini_book / "notebooks" / "profiles.yml").write_text("ci:\n  all: [\n")
-    _one_line_error(_runner(mini_book, "--no-build", "--profile", "ci"), "profiles.yml is not valid YAML")
+    assert_one_line_error(_runner(mini_book, "--no-build", "--profile", "ci"), "profiles.yml is not valid YAML")
 
 
 def test_a_chapter_not_executed_gets_a_page_that_says_so(tmp_path):

@@ -80,7 +80,7 @@ def _probe(env: dict, tmp_path: Path) -> dict[str, str]:
     return lines
 
 
-def _check(lines: dict[str, str]) -> None:
+def assert_loaded_and_missing(lines: dict[str, str]) -> None:
     name, family, revision, n = lines["LOADED"].split()
     assert (name, family, n) == (HUB_ID, "llava", "3")
     assert revision and COMMIT.startswith(revision), revision  # the snapshot's commit
@@ -92,7 +92,7 @@ def _check(lines: dict[str, str]) -> None:
 def test_cached_hub_id_loads_offline_from_hf_home(hub_cache, tmp_path):
     """HF_HOME points at the cache, HF_HUB_OFFLINE=1: the id loads and generates, nothing else is needed."""
     env = _clean_env(HF_HOME=str(hub_cache), HF_HUB_OFFLINE="1", HOME=str(tmp_path / "home"))
-    _check(_probe(env, tmp_path))
+    assert_loaded_and_missing(_probe(env, tmp_path))
 
 
 def test_cached_hub_id_loads_from_hf_hub_cache_without_offline_mode(hub_cache, tmp_path):
@@ -100,7 +100,7 @@ def test_cached_hub_id_loads_from_hf_hub_cache_without_offline_mode(hub_cache, t
     a cached id still loads (no network asked for), a missing one is ModelNotAvailable."""
     env = _clean_env(HF_HOME=str(tmp_path / "empty_hf_home"), HF_HUB_CACHE=str(hub_cache / "hub"),
                      HF_ENDPOINT=f"http://127.0.0.1:{_closed_port()}", HOME=str(tmp_path / "home"))
-    _check(_probe(env, tmp_path))
+    assert_loaded_and_missing(_probe(env, tmp_path))
 
 
 # ----------------------------------------------------------------------------- the Makefile
