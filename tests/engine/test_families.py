@@ -19,6 +19,9 @@ def test_every_family_module_is_registered_once_under_its_own_name():
         entry = importlib.import_module(f"vlmnb.engine.families.{name}").FAMILY
         assert isinstance(entry, Family) and entry.name == name and families.get(name) is entry
         assert entry.model_types and callable(entry.geometry) and callable(entry.build_tiny)
+        # the book's "Supported models" page and the reference-size geometry tests need these
+        assert entry.hub_ids and all(h.count("/") == 1 for h in entry.hub_ids), name
+        assert callable(entry.reference_sizes), name
 
 
 def test_the_other_lists_are_the_registry(capsys):

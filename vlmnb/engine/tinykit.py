@@ -140,3 +140,17 @@ def qwen2_config(tok, **extra):
 
 #: the special tokens of a ChatML tokenizer
 CHATML_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def at_reference_sizes(config, processor, image_size=None, patch=None):
+    """``(config, tokenizer, chat_template)``: a copy of a tiny model's config, with the vision
+    encoder's input ``image_size`` and ``patch`` size set when given, and copies of its
+    processor's tokenizer and template -- the parts a family's ``reference_sizes`` starts from."""
+    import copy
+
+    config = copy.deepcopy(config)
+    if image_size is not None:
+        config.vision_config.image_size = image_size
+    if patch is not None:
+        config.vision_config.patch_size = patch
+    return config, copy.deepcopy(processor.tokenizer), processor.chat_template

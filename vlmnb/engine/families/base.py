@@ -15,6 +15,10 @@ def image_token_placeholder(processor) -> str:
     return processor.image_token
 
 
+def no_init(model) -> None:
+    """Families whose random initialisation lets the image through."""
+
+
 @dataclass(frozen=True)
 class Family:
     """One supported model family (an entry of :data:`vlmnb.engine.families.REGISTRY`).
@@ -36,6 +40,15 @@ class Family:
             (:mod:`vlmnb.engine.batched`; checked for every family by tests/engine/test_batched.py).
         mrope: whether text positions are 3-D (Qwen2-VL's M-RoPE): new tokens after a
             compressed context then take the model's ``rope_deltas`` offset.
+        hub_ids: example checkpoints on the Hugging Face hub (the book's "Supported models").
+        knockout_note: what a knockout means where image tokens attend non-causally (image
+            blocks attending both ways, a bidirectional prefix); empty when attention is causal.
+        reference_sizes: ``(config, processor) -> (config, processor)``: copies of a tiny
+            model's config and processor with the reference checkpoint's image settings (vision
+            input size, patch size, tiling limits, tokens per image) and tiny widths; the
+            geometry tests run every family at these sizes.
+        init_random: ``model -> None``: re-draws weights that transformers initialises so that
+            the image is invisible (a zero projection, say) in a randomly initialised model.
     """
 
     name: str
@@ -46,6 +59,10 @@ class Family:
     placeholder: Callable[[Any], str] = image_token_placeholder
     prefix_sharing: bool = True
     mrope: bool = False
+    hub_ids: tuple[str, ...] = ()
+    knockout_note: str = ""
+    reference_sizes: Callable[[Any, Any], tuple] | None = None
+    init_random: Callable[[Any], None] = no_init
 
     def __post_init__(self):
         if not self.model_types:

@@ -8,7 +8,7 @@ import math
 
 from vlmnb.engine.families.base import Family
 from vlmnb.engine.geometry import Frame, Grid, check_shape, size_get, vision_patch
-from vlmnb.engine.tinykit import PARTS, TEXT, VISION, finish, make_tokenizer, seeded
+from vlmnb.engine.tinykit import at_reference_sizes, PARTS, TEXT, VISION, finish, make_tokenizer, seeded
 
 
 TEMPLATE = PARTS + (
@@ -48,9 +48,17 @@ def geometry(config, processor, image_size, inputs):
     return Grid("image", frame, per_side, per_side, cell, cell).cells()
 
 
+def init_random(model):
+    """transformers initialises the image projection to zeros, which makes the image invisible."""
+    import torch
+
+    weight = model.model.multi_modal_projector.mm_input_projection_weight
+    with torch.no_grad():
+        weight.normal_(0.0, weight.shape[0] ** -0.5)
+
+
 def build_tiny(seed: int, view: int):
     """A tiny random Gemma3 (SigLIP vision, 16 pooled tokens per image)."""
-    import torch
     from transformers import (Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor,
                               Gemma3TextConfig, SiglipVisionConfig)
 
@@ -74,11 +82,22 @@ def build_tiny(seed: int, view: int):
     )
     with seeded(seed):
         model = Gemma3ForConditionalGeneration(config)
-        # transformers initialises this projection to zeros, which would make the image invisible
-        weight = model.model.multi_modal_projector.mm_input_projection_weight
-        with torch.no_grad():
-            weight.normal_(0.0, weight.shape[0] ** -0.5)
+        init_random(model)
     return finish(model, tok, seed), processor
 
 
-FAMILY = Family(name="gemma3", geometry=geometry, build_tiny=build_tiny, markers=markers, placeholder=placeholder)
+def reference_sizes(config, processor):
+    """Gemma3: one 896 px square, 14 px patches pooled to 256 tokens."""
+    from transformers import Gemma3ImageProcessor, Gemma3Processor
+
+    config, tok, template = at_reference_sizes(config, processor, 896, 14)
+    config.mm_tokens_per_image = 256
+    ip = Gemma3ImageProcessor(size={"height": 896, "width": 896})
+    return config, Gemma3Processor(ip, tok, chat_template=template, image_seq_length=256)
+
+FAMILY = Family(name="gemma3", geometry=geometry, build_tiny=build_tiny, markers=markers, placeholder=placeholder,
+                hub_ids=("google/gemma-3-4b-it", "google/gemma-3-27b-it"), reference_sizes=reference_sizes,
+                init_random=init_random,
+                knockout_note=("Image tokens attend to each other in both directions within the image block; "
+                               "a knockout removes the attention of query and generated tokens to image keys, "
+                               "and image rows keep their bidirectional attention."))

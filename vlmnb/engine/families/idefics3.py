@@ -7,7 +7,7 @@ import math
 
 from vlmnb.engine.families.base import Family
 from vlmnb.engine.geometry import Frame, Grid, size_get, vision_patch
-from vlmnb.engine.tinykit import PARTS, VISION, finish, llama_config, make_tokenizer, seeded
+from vlmnb.engine.tinykit import at_reference_sizes, PARTS, VISION, finish, llama_config, make_tokenizer, seeded
 
 
 TEMPLATE = PARTS + (
@@ -130,4 +130,12 @@ def build_tiny(seed: int, view: int):
     return build_idefics3(seed, view, smol=False)
 
 
-FAMILY = Family(name="idefics3", geometry=geometry, build_tiny=build_tiny, markers=markers)
+def reference_sizes(config, processor):
+    """Idefics3-8B: 364 px crops plus a global view, 14 px patches, 169 tokens per crop."""
+    from transformers import Idefics3ImageProcessor, Idefics3Processor
+
+    config, tok, template = at_reference_sizes(config, processor, 364, 14)
+    return config, Idefics3Processor(Idefics3ImageProcessor(), tok, image_seq_len=169, chat_template=template)
+
+FAMILY = Family(name="idefics3", geometry=geometry, build_tiny=build_tiny, markers=markers,
+                hub_ids=("HuggingFaceM4/Idefics3-8B-Llama3",), reference_sizes=reference_sizes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from vlmnb.engine.families.base import Family
 from vlmnb.engine.geometry import Frame, Grid, size_get, vision_patch
-from vlmnb.engine.tinykit import CHATML_SPECIALS, VISION, chatml, finish, make_tokenizer, qwen2_config, seeded
+from vlmnb.engine.tinykit import at_reference_sizes, CHATML_SPECIALS, VISION, chatml, finish, make_tokenizer, qwen2_config, seeded
 
 
 TEMPLATE = chatml("<IMG_CONTEXT>\\n")
@@ -73,4 +73,15 @@ def build_tiny(seed: int, view: int):
     return finish(model, tok, seed), processor
 
 
-FAMILY = Family(name="internvl", geometry=geometry, build_tiny=build_tiny, markers=markers)
+def reference_sizes(config, processor):
+    """InternVL (transformers' port): 448 px tiles (up to 12) plus a thumbnail, 14 px patches,
+    256 tokens per tile."""
+    from transformers import GotOcr2ImageProcessor, InternVLProcessor
+
+    config, tok, template = at_reference_sizes(config, processor, [448, 448], [14, 14])
+    ip = GotOcr2ImageProcessor(size={"height": 448, "width": 448}, crop_to_patches=True, max_patches=12)
+    return config, InternVLProcessor(ip, tok, video_processor=processor.video_processor, image_seq_length=256,
+                                     chat_template=template)
+
+FAMILY = Family(name="internvl", geometry=geometry, build_tiny=build_tiny, markers=markers,
+                hub_ids=("OpenGVLab/InternVL3-8B-hf", "OpenGVLab/InternVL3-1B-hf"), reference_sizes=reference_sizes)

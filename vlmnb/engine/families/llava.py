@@ -6,7 +6,7 @@ from __future__ import annotations
 from vlmnb.engine.families.base import Family
 from vlmnb.engine.geometry import (Frame, Grid, center_crop, check_shape, pad_to_square, resize_by_size, size_get,
                                    vision_patch)
-from vlmnb.engine.tinykit import PARTS, TEXT, VISION, finish, make_tokenizer, seeded
+from vlmnb.engine.tinykit import at_reference_sizes, PARTS, TEXT, VISION, finish, make_tokenizer, seeded
 
 
 TEMPLATE = PARTS + (
@@ -61,4 +61,14 @@ def build_tiny(seed: int, view: int):
     return finish(model, tok, seed), processor
 
 
-FAMILY = Family(name="llava", geometry=geometry, build_tiny=build_tiny)
+def reference_sizes(config, processor):
+    """LLaVA-1.5-7B: 336 px CLIP views, 14 px patches."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    config, tok, template = at_reference_sizes(config, processor, 336, 14)
+    ip = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    return config, LlavaProcessor(ip, tok, patch_size=14, vision_feature_select_strategy="default",
+                                  num_additional_image_tokens=1, chat_template=template)
+
+FAMILY = Family(name="llava", geometry=geometry, build_tiny=build_tiny,
+                hub_ids=("llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-13b-hf"), reference_sizes=reference_sizes)

@@ -7,7 +7,7 @@ import math
 
 from vlmnb.engine.families.base import Family
 from vlmnb.engine.geometry import Frame, Grid, center_crop, check_shape, resize_by_size, size_get, vision_patch
-from vlmnb.engine.tinykit import PARTS, VISION, finish, llama_config, make_tokenizer, seeded
+from vlmnb.engine.tinykit import at_reference_sizes, PARTS, VISION, finish, llama_config, make_tokenizer, seeded
 
 
 TEMPLATE = PARTS + (
@@ -122,4 +122,17 @@ def build_tiny(seed: int, view: int):
     return finish(model, tok, seed), processor
 
 
-FAMILY = Family(name="llava_next", geometry=geometry, build_tiny=build_tiny)
+def reference_sizes(config, processor):
+    """LLaVA-NeXT (1.6): 336 px CLIP views, 14 px patches, the 2x2 / 1x3 any-resolution grids."""
+    from transformers import LlavaNextImageProcessor, LlavaNextProcessor
+
+    config, tok, template = at_reference_sizes(config, processor, 336, 14)
+    pins = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+    config.image_grid_pinpoints = pins
+    ip = LlavaNextImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+                                 image_grid_pinpoints=pins)
+    return config, LlavaNextProcessor(ip, tok, patch_size=14, vision_feature_select_strategy="default",
+                                      num_additional_image_tokens=1, chat_template=template)
+
+FAMILY = Family(name="llava_next", geometry=geometry, build_tiny=build_tiny,
+                hub_ids=("llava-hf/llava-v1.6-mistral-7b-hf", "llava-hf/llava-v1.6-vicuna-13b-hf"), reference_sizes=reference_sizes)

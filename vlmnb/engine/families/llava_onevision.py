@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from vlmnb.engine.families.base import Family
 from vlmnb.engine.families.llava_next import anyres_geometry
-from vlmnb.engine.tinykit import CHATML_SPECIALS, VISION, chatml, finish, make_tokenizer, qwen2_config, seeded
+from vlmnb.engine.tinykit import at_reference_sizes, CHATML_SPECIALS, VISION, chatml, finish, make_tokenizer, qwen2_config, seeded
 
 
 TEMPLATE = chatml("<image>\\n")
@@ -44,4 +44,17 @@ def build_tiny(seed: int, view: int):
     return finish(model, tok, seed), processor
 
 
-FAMILY = Family(name="llava_onevision", geometry=geometry, build_tiny=build_tiny)
+def reference_sizes(config, processor):
+    """LLaVA-OneVision: 384 px SigLIP views, 14 px patches, ``anyres_max_9``."""
+    from transformers import LlavaOnevisionImageProcessor, LlavaOnevisionProcessor
+
+    config, tok, template = at_reference_sizes(config, processor, 384, 14)
+    ip = LlavaOnevisionImageProcessor()
+    config.image_grid_pinpoints = ip.image_grid_pinpoints
+    config.vision_aspect_ratio = "anyres_max_9"
+    return config, LlavaOnevisionProcessor(ip, tok, video_processor=processor.video_processor, num_image_tokens=729,
+                                           vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9",
+                                           chat_template=template)
+
+FAMILY = Family(name="llava_onevision", geometry=geometry, build_tiny=build_tiny,
+                hub_ids=("llava-hf/llava-onevision-qwen2-7b-ov-hf", "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"), reference_sizes=reference_sizes)

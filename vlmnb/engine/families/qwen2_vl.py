@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from vlmnb.engine.families.base import Family
 from vlmnb.engine.geometry import Frame, Grid, vision_patch
-from vlmnb.engine.tinykit import TEXT, chatml, finish, make_tokenizer, seeded
+from vlmnb.engine.tinykit import at_reference_sizes, TEXT, chatml, finish, make_tokenizer, seeded
 
 
 TEMPLATE = chatml("<|vision_start|><|image_pad|><|vision_end|>", system="You are a helpful assistant.")
@@ -85,4 +85,13 @@ def build_tiny(seed: int, view: int):
     return build_qwen(seed, view, v25=False)
 
 
-FAMILY = Family(name="qwen2_vl", geometry=geometry, build_tiny=build_tiny, markers=markers, mrope=True)
+def reference_sizes(config, processor):
+    """Qwen2-VL: 14 px patches merged 2x2, the default pixel budget."""
+    from transformers import Qwen2VLImageProcessor
+
+    config, tok, template = at_reference_sizes(config, processor, patch=14)
+    return config, type(processor)(image_processor=Qwen2VLImageProcessor(), tokenizer=tok,
+                                   video_processor=processor.video_processor, chat_template=template)
+
+FAMILY = Family(name="qwen2_vl", geometry=geometry, build_tiny=build_tiny, markers=markers, mrope=True,
+                hub_ids=("Qwen/Qwen2-VL-7B-Instruct", "Qwen/Qwen2-VL-2B-Instruct"), reference_sizes=reference_sizes)
