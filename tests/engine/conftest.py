@@ -98,7 +98,9 @@ def _built(family):
 def _make_local(model):
     """Zero every linear map inside the vision encoder's transformer layers (in place): the
     residual layers become the identity, so each image feature depends only on its own patches
-    (patch embedding, merging, pooling and projection stay as they are)."""
+    (patch embedding, merging, pooling and projection stay as they are). Convolutions that merge
+    neighbouring positions (GOT-OCR2's stride-2 projector) keep only the taps over their own
+    stride cell, so each output reads exactly the cell it stands for."""
     emptied = 0
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.ModuleList) and ("vision" in name or "visual" in name) \
@@ -110,7 +112,28 @@ def _make_local(model):
                         torch.nn.init.zeros_(sub.bias)
             emptied += 1
     assert emptied == 1, f"expected one vision layer list, found {emptied}"
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
+            _keep_own_cell(module)
     return model
+
+
+def _keep_own_cell(conv):
+    """Zero the taps of ``conv`` outside its stride cell: output ``j`` then reads inputs
+    ``[j * stride, (j + 1) * stride)`` only (a no-op for patch embeddings, whose kernel is their stride)."""
+    dims = len(conv.kernel_size)
+    padding = conv.padding
+    if isinstance(padding, str):  # "valid", or "same" (stride 1)
+        padding = tuple(0 if padding == "valid" else (k - 1) // 2 for k in conv.kernel_size)
+    mask = torch.ones(conv.kernel_size, dtype=torch.bool)
+    for d, (k, s, p) in enumerate(zip(conv.kernel_size, conv.stride, padding)):
+        taps = torch.arange(k)
+        keep = (taps >= p) & (taps < p + s)
+        shape = [1] * dims
+        shape[d] = k
+        mask &= keep.reshape(shape)
+    with torch.no_grad():
+        conv.weight.mul_(mask.to(conv.weight.dtype))
 
 
 def _image_rows(model, prepared):
