@@ -99,8 +99,8 @@ def _make_local(model):
     """Zero every linear map inside the vision encoder's transformer layers (in place): the
     residual layers become the identity, so each image feature depends only on its own patches
     (patch embedding, merging, pooling and projection stay as they are). Convolutions that merge
-    neighbouring positions (GOT-OCR2's stride-2 projector) keep only the taps over their own
-    stride cell, so each output reads exactly the cell it stands for."""
+    neighbouring positions (GOT-OCR2's stride-2 projector, FastVLM's convolutional encoder) keep
+    only the taps over their own stride cell, so each output reads exactly the cell it stands for."""
     emptied = 0
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.ModuleList) and ("vision" in name or "visual" in name) \
@@ -111,16 +111,26 @@ def _make_local(model):
                     if sub.bias is not None:
                         torch.nn.init.zeros_(sub.bias)
             emptied += 1
-    assert emptied == 1, f"expected one vision layer list, found {emptied}"
+    cut = 0
     for module in model.modules():
         if isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
-            _keep_own_cell(module)
+            cut += _keep_own_cell(module)
+        elif type(module).__name__ in ("SEModule", "EffectiveSEModule"):
+            # a squeeze-and-excitation gate scales every position by a function of the global
+            # mean: hold it constant (its last convolution zeroed)
+            gate = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+            torch.nn.init.zeros_(gate.weight)
+            if gate.bias is not None:
+                torch.nn.init.zeros_(gate.bias)
+    # a transformer encoder has one layer list; a convolutional one (FastVLM's FastViT) none
+    assert emptied == 1 or (emptied == 0 and cut), f"expected one vision layer list, found {emptied}"
     return model
 
 
-def _keep_own_cell(conv):
+def _keep_own_cell(conv) -> bool:
     """Zero the taps of ``conv`` outside its stride cell: output ``j`` then reads inputs
-    ``[j * stride, (j + 1) * stride)`` only (a no-op for patch embeddings, whose kernel is their stride)."""
+    ``[j * stride, (j + 1) * stride)`` only, the kept taps scaled up (a no-op for patch embeddings,
+    whose kernel is their stride). Whether any tap was cut."""
     dims = len(conv.kernel_size)
     padding = conv.padding
     if isinstance(padding, str):  # "valid", or "same" (stride 1)
@@ -132,8 +142,11 @@ def _keep_own_cell(conv):
         shape = [1] * dims
         shape[d] = k
         mask &= keep.reshape(shape)
+    # the kept taps scaled up so that a random convolution's output keeps its variance
+    scale = (mask.numel() / mask.sum()) ** 0.5
     with torch.no_grad():
-        conv.weight.mul_(mask.to(conv.weight.dtype))
+        conv.weight.mul_(mask.to(conv.weight.dtype) * scale.to(conv.weight.dtype))
+    return not bool(mask.all())
 
 
 def _image_rows(model, prepared):

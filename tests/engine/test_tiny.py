@@ -16,7 +16,7 @@ MODEL_CLASSES = {
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration", "internvl": "InternVLForConditionalGeneration",
     "idefics3": "Idefics3ForConditionalGeneration", "smolvlm": "SmolVLMForConditionalGeneration",
     "gemma3": "Gemma3ForConditionalGeneration", "got_ocr2": "GotOcr2ForConditionalGeneration",
-    "perception_lm": "PerceptionLMForConditionalGeneration",
+    "perception_lm": "PerceptionLMForConditionalGeneration", "fast_vlm": "FastVlmForConditionalGeneration",
 }
 
 

@@ -11,8 +11,8 @@ import it below and add it to ``_MODULES``.
 """
 from __future__ import annotations
 
-from vlmnb.engine.families import (gemma3, got_ocr2, idefics3, internvl, llava, llava_next, llava_onevision,
-                                   perception_lm, qwen2_5_vl, qwen2_vl, smolvlm)
+from vlmnb.engine.families import (fast_vlm, gemma3, got_ocr2, idefics3, internvl, llava, llava_next,
+                                   llava_onevision, perception_lm, qwen2_5_vl, qwen2_vl, smolvlm)
 from vlmnb.engine.families.base import Family
 
 # the registry, in the book's order: one line per family
@@ -28,6 +28,7 @@ _MODULES = (
     gemma3,
     got_ocr2,
     perception_lm,
+    fast_vlm,
 )
 
 #: family name -> its entry
