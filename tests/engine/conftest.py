@@ -164,6 +164,26 @@ def _assert_paint_localised(model, processor, size, rect):
     assert not changed[~has].any()
 
 
+def _eos_splitting_rows(vlm, inp, rows, new):
+    """Set the model's end-of-sequence id to one that some sweep rows produce early and others
+    late or never (the caller restores ``generation_config.eos_token_id``)."""
+    gen_config = vlm.model.generation_config
+    gen_config.eos_token_id = None
+    free = [vlm.generate(inp, max_new_tokens=new, knockout=k or None).token_ids for k in rows]
+    counts = {}
+    for ids in free:
+        for t in set(ids[1:-1]):
+            counts[t] = counts.get(t, 0) + 1
+    gen_config.eos_token_id = min(counts, key=lambda t: (abs(counts[t] - len(rows) / 2), t))
+
+
+@pytest.fixture(scope="session")
+def eos_splitting_rows():
+    """Function ``(vlm, inp, rows, new)``: make the rows of a sweep end at different steps (see
+    ``_eos_splitting_rows``)."""
+    return _eos_splitting_rows
+
+
 @pytest.fixture(scope="session")
 def image_token() -> int:
     """The image placeholder id of the tiny LLaVA (``tiny_llava``)."""

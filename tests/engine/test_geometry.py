@@ -219,19 +219,8 @@ def test_geometry_helpers(prep, noise):
         g.view("thumbnail")
 
 
-# ----------------------------------------------------------------------------- painted square, end to end
-
-
-PAINT_CASES = [((56, 40), (4, 4, 40, 16)), ((96, 96), (60, 8, 92, 40)),
-               pytest.param((40, 72), (24, 40, 40, 72), marks=pytest.mark.slow)]
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("size,rect", PAINT_CASES)
-def test_painted_region_changes_exactly_the_tokens_that_cover_it(family, size, rect, local_copy,
-                                                                 assert_paint_localised):
-    model, processor = local_copy(family)
-    assert_paint_localised(model, processor, size, rect)
+# ----------------------------------------------------------------------------- PIL backends
+# (the painted-square check of every family is in test_invariants.py)
 
 
 @pytest.mark.slow

@@ -1,4 +1,18 @@
-"""Engine invariants on tiny random models of every supported family (vlmnb.engine.tiny), offline."""
+"""The invariant suite: every property vlmnb's results rest on, checked on a tiny random model of
+every registered family (vlmnb.engine.tiny), offline. One suite, parametrized over the registry:
+a new family file is tested by it as soon as it is registered.
+
+- no knockout = the model's own ``generate`` token for token, and its own forward's logits;
+- ``from_layer(l)`` leaves the hidden states entering layers <= l bit-identical;
+- blocking image -> (query, generated) in all layers makes the text independent of the pixels;
+- cached, uncached and teacher-forced runs agree (ids, logits, recordings);
+- recorded attention fractions equal an eager run's ``output_attentions`` within 1e-5;
+- a left-padded batch equals single runs;
+- batched sweep rows (shared prefix, early stop) equal single runs;
+- a compressed context at k = 100% reproduces the full-context logits;
+- geometry: a painted square changes exactly the image tokens whose boxes cover it, at the tiny
+  sizes and at the reference checkpoint's sizes.
+"""
 from __future__ import annotations
 
 import copy
@@ -11,12 +25,16 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import vlmnb  # noqa: E402
+from vlmnb.engine import batched, families  # noqa: E402
+from vlmnb.engine.compress import describe  # noqa: E402
+from vlmnb.engine.record import Record  # noqa: E402
 from vlmnb.engine.vlm import VLM  # noqa: E402
+from vlmnb.experiments import sweep  # noqa: E402
 
 tiny = pytest.importorskip("vlmnb.engine.tiny")
 
-FAMILIES = list(tiny.FAMILIES)
-
+FAMILIES = list(families.NAMES)
+NEW = 8
 
 
 def _image(seed, size=(56, 40)):
@@ -37,6 +55,22 @@ def _eager_copy(vlm):
     model = copy.deepcopy(vlm.model)
     model.set_attn_implementation({"text_config": "eager", "vision_config": "sdpa"})
     return model
+
+
+def test_no_knockout_is_the_models_own_generate(family_vlm):
+    """An empty knockout and a recording change nothing: the ids of the model's own greedy
+    ``generate``, token for token."""
+    vlm = family_vlm
+    inp = vlm.prepare(_image(8))
+    P = inp.input_ids.shape[1]
+    with torch.no_grad():
+        own = vlm.model.generate(**vlm.to_device(dict(inp.inputs)), max_new_tokens=NEW, do_sample=False,
+                                 generation_config=copy.deepcopy(vlm.model.generation_config))
+    own_ids = own[0, P:].tolist()  # ends at the first end-of-sequence id (batch of one: no padding)
+    ids = vlm.generate(inp, NEW).token_ids
+    assert ids == own_ids and len(ids) > 0
+    recorded = vlm.generate(inp, NEW, knockout=vlmnb.Knockout(src={0: []}, dst="query"), record=vlmnb.Record())
+    assert recorded.token_ids == own_ids
 
 
 def test_family_invariants(family_vlm):
@@ -179,3 +213,98 @@ def test_load_saved_folder_prepare_from_path_and_generate(family, tmp_path):
     broken.write_bytes(b"\x89PNG not really")
     with pytest.raises(ValueError, match="cannot read"):
         vlm.prepare(broken)
+
+
+# ----------------------------------------------------------------------------- batched sweeps
+
+
+def _single_runs(vlm, inp, row_knockouts, new=NEW):
+    return [vlm.generate(inp, max_new_tokens=new, knockout=k or None).token_ids for k in row_knockouts]
+
+
+def _sweep_rows(vlm, inp):
+    configs = [c for c in sweep.knockout_configs(vlm.num_layers, stride=1, window=(1, 1)) if c.kind != "top-k"]
+    return configs, [c.knockouts(None, inp.spans.image) for c in configs]
+
+
+def test_shared_prefix_rows_equal_single_runs(family_vlm):
+    """The unexpanded shared prefix (and recording the baseline row only)."""
+    vlm = family_vlm
+    inp = vlm.prepare(_image(1), prompt="describe the image")
+    configs, knockouts = _sweep_rows(vlm, inp)
+    spec = Record(fractions=False, image_rows=True)
+    outs = batched.generate_rows(vlm, inp, knockouts, 6, record=spec, record_rows=[0])
+    for config, ko, out in zip(configs, knockouts, outs):
+        assert out.token_ids == vlm.generate(inp, max_new_tokens=6, knockout=ko or None).token_ids, config.name
+    alone = vlm.generate(inp, max_new_tokens=6, record=spec).recording.image_rows
+    assert np.allclose(outs[0].recording.image_rows, alone, atol=1e-6)
+    assert all(out.recording is None for out in outs[1:])
+
+
+def test_early_stopped_rows_equal_single_runs(family_vlm, eos_splitting_rows):
+    """Rows ending at different steps leave the batch; ids equal single runs."""
+    vlm = family_vlm
+    inp = vlm.prepare(_image(1), prompt="describe the image")
+    _, rows = _sweep_rows(vlm, inp)
+    saved = vlm.model.generation_config.eos_token_id
+    try:
+        eos_splitting_rows(vlm, inp, rows, NEW)
+        expected = _single_runs(vlm, inp, rows)
+        got = batched.generate_rows(vlm, inp, rows, NEW, record=Record(fractions=False, image_rows=True),
+                                    record_rows=[0])
+        plain = batched.generate_rows(vlm, inp, [None] * 3, NEW)  # no intervention: the plain cache drops rows
+    finally:
+        vlm.model.generation_config.eos_token_id = saved
+    # a tiny model may write the same text under every knockout: then all rows end together
+    if len({tuple(ids) for ids in expected}) > 1:
+        assert len({len(ids) for ids in expected}) > 1
+    assert [g.token_ids for g in got] == expected
+    assert all(g.token_ids == expected[0] for g in plain)
+
+
+# ----------------------------------------------------------------------------- compressed contexts
+
+
+def test_full_context_compression_reproduces_full_forward(family_vlm):
+    """k=100% keeps every prompt token: a question's logits equal one plain forward pass over
+    prompt + question (positions, rotary phases, M-RoPE offsets and caching all right)."""
+    vlm = family_vlm
+    ip = describe(vlm, _image(9), max_new_tokens=4)
+    ctx = ip.compress(k=1.0)
+    assert ctx.num_tokens == ip.prompt_length
+    ids = ctx.question_ids("is there a dog?")
+    logits, generated = ctx.run(ids, max_new_tokens=4, stop_at_eos=False)
+    full = vlm.forward(ip.prepared, continuation_ids=ids + generated)
+    P, n = ip.prompt_length, len(ids)
+    assert (logits[0] - full[0, P:P + n]).abs().max().item() <= 1e-4
+    expected = full[0, P + n - 1:P + n - 1 + len(generated)].argmax(-1).tolist()
+    assert generated == expected and len(generated) == 4
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+PAINT_CASES = [((56, 40), (4, 4, 40, 16)), ((96, 96), (60, 8, 92, 40)),
+               pytest.param((40, 72), (24, 40, 40, 72), marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("size,rect", PAINT_CASES)
+def test_painted_region_changes_exactly_the_tokens_that_cover_it(family, size, rect, built, make_local,
+                                                                 assert_paint_localised):
+    model, processor = built(family)
+    assert_paint_localised(make_local(copy.deepcopy(model)), processor, size, rect)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_painted_region_at_the_reference_sizes(family, built, make_local, assert_paint_localised):
+    """A random model at the reference checkpoint's image sizes (tiny widths)."""
+    model, small = built(family)
+    entry = families.get(family)
+    config, processor = entry.reference_sizes(model.config, small)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        real_sized = type(model)(config).eval()
+    entry.init_random(real_sized)
+    assert_paint_localised(make_local(real_sized), processor, (500, 360), (40, 200, 300, 330))
