@@ -76,8 +76,14 @@ def _torch():
     return torch
 
 
-def _greedy_config(vlm):
-    return copy.deepcopy(vlm.model.generation_config)
+def _greedy_config(vlm, **settings):
+    """The model's generation config with greedy decoding and ``settings`` (passing them as
+    keyword arguments beside a config is deprecated in transformers)."""
+    config = copy.deepcopy(vlm.model.generation_config)
+    config.do_sample = False
+    for key, value in settings.items():
+        setattr(config, key, value)
+    return config
 
 
 # ----------------------------------------------------------------------------- checks
@@ -88,8 +94,8 @@ def own_generate(vlm) -> str:
     inp = vlm.prepare(noise_image(8))
     P = inp.input_ids.shape[1]
     with torch.no_grad():
-        own = vlm.model.generate(**vlm.to_device(dict(inp.inputs)), max_new_tokens=NEW_TOKENS, do_sample=False,
-                                 generation_config=_greedy_config(vlm))
+        own = vlm.model.generate(**vlm.to_device(dict(inp.inputs)),
+                                 generation_config=_greedy_config(vlm, max_new_tokens=NEW_TOKENS))
     own_ids = own[0, P:].tolist()  # a batch of one ends at its end-of-sequence id: no padding
     ids = vlm.generate(inp, NEW_TOKENS).token_ids
     require(ids == own_ids and ids, f"vlmnb generated {ids}, the model's generate {own_ids}")
@@ -182,8 +188,8 @@ def eager_fractions(vlm) -> str:
     except (ValueError, NotImplementedError) as exc:
         raise NotApplicable(f"no eager attention: {exc}") from None
     with torch.no_grad():
-        ref = eager.generate(**inputs, max_new_tokens=4, do_sample=False, output_attentions=True,
-                             return_dict_in_generate=True, generation_config=_greedy_config(vlm))
+        ref = eager.generate(**inputs, generation_config=_greedy_config(
+            vlm, max_new_tokens=4, output_attentions=True, return_dict_in_generate=True))
     if not ref.attentions or ref.attentions[0][0] is None:
         raise NotApplicable("the eager run returns no attention weights")
     out = vlm.generate(inp, 4, record=Record(fractions=True, image_rows=True))
