@@ -11,8 +11,8 @@ import it below and add it to ``_MODULES``.
 """
 from __future__ import annotations
 
-from vlmnb.engine.families import (gemma3, idefics3, internvl, llava, llava_next, llava_onevision, mistral3,
-                                   qwen2_5_vl, qwen2_vl, smolvlm, vipllava)
+from vlmnb.engine.families import (gemma3, idefics3, internvl, llava, llava_next, llava_next_video, llava_onevision,
+                                   mistral3, qwen2_5_vl, qwen2_vl, smolvlm, vipllava)
 from vlmnb.engine.families.base import Family
 
 # the registry, in the book's order: one line per family
@@ -28,6 +28,7 @@ _MODULES = (
     gemma3,
     mistral3,
     vipllava,
+    llava_next_video,
 )
 
 #: family name -> its entry
