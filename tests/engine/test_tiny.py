@@ -17,6 +17,7 @@ MODEL_CLASSES = {
     "idefics3": "Idefics3ForConditionalGeneration", "smolvlm": "SmolVLMForConditionalGeneration",
     "gemma3": "Gemma3ForConditionalGeneration", "mistral3": "Mistral3ForConditionalGeneration",
     "vipllava": "VipLlavaForConditionalGeneration", "llava_next_video": "LlavaNextVideoForConditionalGeneration",
+    "video_llava": "VideoLlavaForConditionalGeneration",
 }
 
 
