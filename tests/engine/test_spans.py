@@ -53,6 +53,13 @@ def test_image_span_is_image_tokens_plus_structure(prepared):
         assert sum((image_ids == tok.convert_tokens_to_ids(f"<row_{r}_col_{c}>")).sum()
                    for r in range(1, 7) for c in range(1, 7)) == crops
         assert (image_ids == tok.convert_tokens_to_ids("<global-img>")).sum() == 1
+    elif prep.family == "mistral3":
+        # Pixtral: [IMG_BREAK] after every row of tokens but the last, [IMG_END] after the last
+        tok = processor.tokenizer
+        rows = prep.geometry.view().rows
+        assert (image_ids == tok.convert_tokens_to_ids("[IMG_BREAK]")).sum() == rows - 1
+        assert image_ids[-1] == tok.convert_tokens_to_ids("[IMG_END]")
+        assert len(image_ids) == n_image + rows
     else:
         assert len(image_ids) == n_image + n_markers
 

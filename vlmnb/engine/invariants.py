@@ -303,16 +303,18 @@ def local_vision_copy(model):
     embedding, merging, pooling and projection stay); NotApplicable without one such layer list."""
     torch = _torch()
     model = copy.deepcopy(model)
-    lists = [(name, module) for name, module in model.named_modules()
-             if isinstance(module, torch.nn.ModuleList) and ("vision" in name or "visual" in name)
+    # (Video-LLaVA has two encoders, ``image_tower`` and ``video_tower``)
+    lists = [module for name, module in model.named_modules()
+             if isinstance(module, torch.nn.ModuleList) and any(w in name for w in ("vision", "visual", "_tower"))
              and name.rsplit(".", 1)[-1] in ("layers", "layer", "blocks")]
-    if len(lists) != 1:
-        raise NotApplicable(f"expected one vision layer list, found {[n for n, _ in lists]}")
-    for sub in lists[0][1].modules():
-        if isinstance(sub, torch.nn.Linear):
-            torch.nn.init.zeros_(sub.weight)
-            if sub.bias is not None:
-                torch.nn.init.zeros_(sub.bias)
+    if not lists:
+        raise NotApplicable("found no vision encoder layer list to make local")
+    for layers in lists:
+        for sub in layers.modules():
+            if isinstance(sub, torch.nn.Linear):
+                torch.nn.init.zeros_(sub.weight)
+                if sub.bias is not None:
+                    torch.nn.init.zeros_(sub.bias)
     return model
 
 
