@@ -53,6 +53,15 @@ def test_image_span_is_image_tokens_plus_structure(prepared):
         assert sum((image_ids == tok.convert_tokens_to_ids(f"<row_{r}_col_{c}>")).sum()
                    for r in range(1, 7) for c in range(1, 7)) == crops
         assert (image_ids == tok.convert_tokens_to_ids("<global-img>")).sum() == 1
+    elif prep.family == "ovis2":  # start, thumbnail, grid, tiles with column / row separators, end
+        tok = processor.tokenizer
+        tiles = [v for v in prep.geometry.views if v.name.startswith("tile_")]
+        rows = len({v.name.split("_")[1] for v in tiles}) or 1
+        count = {t: int((image_ids == tok.convert_tokens_to_ids(t)).sum()) for t in
+                 ("<IMG_START>", "<IMG_GRID>", "<IMG_END>", "<IMG_COL>", "<IMG_ROW>")}
+        assert count == {"<IMG_START>": 1, "<IMG_GRID>": 1, "<IMG_END>": 1,
+                         "<IMG_COL>": len(tiles) - rows if tiles else 0, "<IMG_ROW>": rows - 1}
+        assert len(image_ids) == n_image + sum(count.values())
     else:
         assert len(image_ids) == n_image + n_markers
 

@@ -16,7 +16,7 @@ MODEL_CLASSES = {
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration", "internvl": "InternVLForConditionalGeneration",
     "idefics3": "Idefics3ForConditionalGeneration", "smolvlm": "SmolVLMForConditionalGeneration",
     "gemma3": "Gemma3ForConditionalGeneration", "deepseek_vl": "DeepseekVLForConditionalGeneration",
-    "janus": "JanusForConditionalGeneration",
+    "janus": "JanusForConditionalGeneration", "ovis2": "Ovis2ForConditionalGeneration",
 }
 
 

@@ -12,7 +12,7 @@ import it below and add it to ``_MODULES``.
 from __future__ import annotations
 
 from vlmnb.engine.families import (deepseek_vl, gemma3, idefics3, internvl, janus, llava, llava_next,
-                                   llava_onevision, qwen2_5_vl, qwen2_vl, smolvlm)
+                                   llava_onevision, ovis2, qwen2_5_vl, qwen2_vl, smolvlm)
 from vlmnb.engine.families.base import Family
 
 # the registry, in the book's order: one line per family
@@ -28,6 +28,7 @@ _MODULES = (
     gemma3,
     deepseek_vl,
     janus,
+    ovis2,
 )
 
 #: family name -> its entry
