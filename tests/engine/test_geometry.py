@@ -7,8 +7,10 @@ import copy
 import numpy as np
 import pytest
 
+from vlmnb.engine import invariants
 from vlmnb.engine import spans as S
 from vlmnb.engine import tiny
+from vlmnb.engine.vlm import VLM
 
 FAMILIES = list(tiny.FAMILIES)
 
@@ -20,15 +22,6 @@ def prep(built):
         model, processor = built(family)
         return S.prepare(model, processor, image, prompt)
     return prepare
-
-
-@pytest.fixture(scope="module")
-def local_copy(built, make_local):
-    """Function ``family -> (model, processor)``: a copy of the tiny model, made local."""
-    def copy_of(family):
-        model, processor = built(family)
-        return make_local(copy.deepcopy(model)), processor
-    return copy_of
 
 
 # ----------------------------------------------------------------------------- known boxes
@@ -219,33 +212,22 @@ def test_geometry_helpers(prep, noise):
         g.view("thumbnail")
 
 
-# ----------------------------------------------------------------------------- painted square, end to end
-
-
-PAINT_CASES = [((56, 40), (4, 4, 40, 16)), ((96, 96), (60, 8, 92, 40)),
-               pytest.param((40, 72), (24, 40, 40, 72), marks=pytest.mark.slow)]
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("size,rect", PAINT_CASES)
-def test_painted_region_changes_exactly_the_tokens_that_cover_it(family, size, rect, local_copy,
-                                                                 assert_paint_localised):
-    model, processor = local_copy(family)
-    assert_paint_localised(model, processor, size, rect)
+# ----------------------------------------------------------------------------- PIL backends
+# (the painted-square check of every family is in test_invariants.py)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
-def test_pil_backend_processors_share_the_geometry(family, local_copy, assert_paint_localised):
+def test_pil_backend_processors_share_the_geometry(family, built):
     """The PIL-backend image processors (``...ImageProcessorPil``) resize and crop like the
     torchvision ones, so the same geometry holds for them."""
     import transformers
 
-    model, processor = local_copy(family)
+    model, processor = built(family)
     processor = copy.deepcopy(processor)
     ip = processor.image_processor
     pil_class = getattr(transformers, type(ip).__name__ + "Pil")
     settings = {k: v for k, v in ip.to_dict().items()
                 if not k.startswith("_") and k not in ("image_processor_type", "processor_class", "backend")}
     processor.image_processor = pil_class(**settings)
-    assert_paint_localised(model, processor, (56, 40), (4, 4, 40, 16))
+    invariants.painted_square(VLM(invariants.local_vision_copy(model), processor), (56, 40), (4, 4, 40, 16))
