@@ -149,9 +149,15 @@ def _assert_paint_localised(model, processor, size, rect):
     boxes = g.boxes
     has = g.has_box
     # resampling filters spread the paint by a few processed pixels: allow a margin of a quarter
-    # token around the rectangle
+    # token around the rectangle. A whole-view token's box is its view (learned queries that pool
+    # the whole picture): its margin is a quarter of its share of the view, the margin a grid of
+    # that many tokens over the view would have
     w = boxes[:, 2] - boxes[:, 0]
     h = boxes[:, 3] - boxes[:, 1]
+    for v in g.views:
+        if v.whole_view:
+            w[v.token_indices] = (v.region[2] - v.region[0]) / v.cols
+            h[v.token_indices] = (v.region[3] - v.region[1]) / v.rows
     with np.errstate(invalid="ignore"):
         overlap_x = np.minimum(boxes[:, 2], x1) - np.maximum(boxes[:, 0], x0)
         overlap_y = np.minimum(boxes[:, 3], y1) - np.maximum(boxes[:, 1], y0)
