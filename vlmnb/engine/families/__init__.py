@@ -11,8 +11,8 @@ import it below and add it to ``_MODULES``.
 """
 from __future__ import annotations
 
-from vlmnb.engine.families import (gemma3, idefics2, idefics3, internvl, llava, llava_next, llava_onevision,
-                                   qwen2_5_vl, qwen2_vl, smolvlm)
+from vlmnb.engine.families import (aya_vision, gemma3, idefics2, idefics3, internvl, llava, llava_next,
+                                   llava_onevision, qwen2_5_vl, qwen2_vl, smolvlm)
 from vlmnb.engine.families.base import Family
 
 # the registry, in the book's order: one line per family
@@ -27,6 +27,7 @@ _MODULES = (
     smolvlm,
     gemma3,
     idefics2,
+    aya_vision,
 )
 
 #: family name -> its entry
