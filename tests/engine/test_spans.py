@@ -53,12 +53,13 @@ def test_image_span_is_image_tokens_plus_structure(prepared):
         assert sum((image_ids == tok.convert_tokens_to_ids(f"<row_{r}_col_{c}>")).sum()
                    for r in range(1, 7) for c in range(1, 7)) == crops
         assert (image_ids == tok.convert_tokens_to_ids("<global-img>")).sum() == 1
-    elif prep.family in ("idefics2", "aya_vision"):
+    elif prep.family in ("idefics2", "aya_vision", "cohere2_vision"):
         # the structure tokens, in order, and one run of image tokens per picture between them
         views = len(prep.geometry.views)
         expected = {
             "idefics2": "<fake_token_around_image>" * (views + 1),
             "aya_vision": "<|START_OF_IMG|>" + "".join(f"TILE_{i}" for i in range(1, views)) + "TILE_GLOBAL<|END_OF_IMG|>",
+            "cohere2_vision": "<|START_OF_IMG|>" + "<|IMG_LINE_BREAK|>" * views + "<|END_OF_IMG|>",
         }[prep.family]
         assert "".join(processor.tokenizer.convert_ids_to_tokens(image_ids[structure].tolist())) == expected
         runs = np.flatnonzero(np.diff(np.concatenate([[0], (~structure).astype(int), [0]])) == 1)

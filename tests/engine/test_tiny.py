@@ -16,7 +16,7 @@ MODEL_CLASSES = {
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration", "internvl": "InternVLForConditionalGeneration",
     "idefics3": "Idefics3ForConditionalGeneration", "smolvlm": "SmolVLMForConditionalGeneration",
     "gemma3": "Gemma3ForConditionalGeneration", "idefics2": "Idefics2ForConditionalGeneration",
-    "aya_vision": "AyaVisionForConditionalGeneration",
+    "aya_vision": "AyaVisionForConditionalGeneration", "cohere2_vision": "Cohere2VisionForConditionalGeneration",
 }
 
 

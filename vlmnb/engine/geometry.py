@@ -23,8 +23,8 @@ class View:
     """One picture the vision encoder saw, as a grid of image tokens.
 
     ``name``: ``"image"`` (single view), ``"base"`` / ``"highres"`` (LLaVA-NeXT/OneVision),
-    ``"tile_r_c"`` / ``"thumbnail"`` (InternVL, Aya Vision), ``"crop_r_c"`` / ``"global"``
-    (Idefics3/SmolVLM, Idefics2). ``tokens[r, c]`` is the index into the image span (and into
+    ``"tile_r_c"`` / ``"thumbnail"`` (InternVL, Aya Vision, Command A Vision), ``"crop_r_c"`` /
+    ``"global"`` (Idefics3/SmolVLM, Idefics2). ``tokens[r, c]`` is the index into the image span (and into
     :attr:`Geometry.boxes`) of the token at grid cell ``(r, c)``, or -1 where the cell has no
     token. ``region`` is the box of the original image that the view covers
     ``(x0, y0, x1, y1)``. ``whole_view``: every token of the view pools the whole view (learned

@@ -11,8 +11,8 @@ import it below and add it to ``_MODULES``.
 """
 from __future__ import annotations
 
-from vlmnb.engine.families import (aya_vision, gemma3, idefics2, idefics3, internvl, llava, llava_next,
-                                   llava_onevision, qwen2_5_vl, qwen2_vl, smolvlm)
+from vlmnb.engine.families import (aya_vision, cohere2_vision, gemma3, idefics2, idefics3, internvl, llava,
+                                   llava_next, llava_onevision, qwen2_5_vl, qwen2_vl, smolvlm)
 from vlmnb.engine.families.base import Family
 
 # the registry, in the book's order: one line per family
@@ -28,6 +28,7 @@ _MODULES = (
     gemma3,
     idefics2,
     aya_vision,
+    cohere2_vision,
 )
 
 #: family name -> its entry
