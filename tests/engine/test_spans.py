@@ -69,6 +69,17 @@ def test_image_span_is_image_tokens_plus_structure(prepared):
         assert count == {"<IMG_START>": 1, "<IMG_GRID>": 1, "<IMG_END>": 1,
                          "<IMG_COL>": len(tiles) - rows if tiles else 0, "<IMG_ROW>": rows - 1}
         assert len(image_ids) == n_image + sum(count.values())
+    elif prep.family in ("idefics2", "aya_vision", "cohere2_vision"):
+        # the structure tokens, in order, and one run of image tokens per picture between them
+        views = len(prep.geometry.views)
+        expected = {
+            "idefics2": "<fake_token_around_image>" * (views + 1),
+            "aya_vision": "<|START_OF_IMG|>" + "".join(f"TILE_{i}" for i in range(1, views)) + "TILE_GLOBAL<|END_OF_IMG|>",
+            "cohere2_vision": "<|START_OF_IMG|>" + "<|IMG_LINE_BREAK|>" * views + "<|END_OF_IMG|>",
+        }[prep.family]
+        assert "".join(processor.tokenizer.convert_ids_to_tokens(image_ids[structure].tolist())) == expected
+        runs = np.flatnonzero(np.diff(np.concatenate([[0], (~structure).astype(int), [0]])) == 1)
+        assert len(runs) == views and n_image % views == 0
     else:
         assert len(image_ids) == n_image + n_markers
 

@@ -354,6 +354,10 @@ def painted_square(vlm, size=(56, 40), rect=(4, 4, 40, 16)) -> str:
     g = a.geometry
     boxes, has = g.boxes, g.has_box
     w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    for v in g.views:  # a whole-view token (a learned query pooling the picture): its share of the view
+        if v.whole_view:
+            w[v.token_indices] = (v.region[2] - v.region[0]) / v.cols
+            h[v.token_indices] = (v.region[3] - v.region[1]) / v.rows
     with np.errstate(invalid="ignore"):  # a quarter-token margin for the resampling filters
         overlap_x = np.minimum(boxes[:, 2], x1) - np.maximum(boxes[:, 0], x0)
         overlap_y = np.minimum(boxes[:, 3], y1) - np.maximum(boxes[:, 1], y0)

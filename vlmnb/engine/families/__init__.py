@@ -11,9 +11,9 @@ import it below and add it to ``_MODULES``.
 """
 from __future__ import annotations
 
-from vlmnb.engine.families import (deepseek_vl, gemma3, idefics3, internvl, janus, llava, llava_next,
-                                   llava_next_video, llava_onevision, mistral3, ovis2, qwen2_5_vl, qwen2_vl,
-                                   smolvlm, video_llava, vipllava)
+from vlmnb.engine.families import (aya_vision, cohere2_vision, deepseek_vl, gemma3, idefics2, idefics3, internvl,
+                                   janus, llava, llava_next, llava_next_video, llava_onevision, mistral3, ovis2,
+                                   qwen2_5_vl, qwen2_vl, smolvlm, video_llava, vipllava)
 from vlmnb.engine.families.base import Family
 
 # the registry, in the book's order: one line per family
@@ -34,6 +34,9 @@ _MODULES = (
     deepseek_vl,
     janus,
     ovis2,
+    idefics2,
+    aya_vision,
+    cohere2_vision,
 )
 
 #: family name -> its entry
