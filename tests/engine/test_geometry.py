@@ -7,8 +7,10 @@ import copy
 import numpy as np
 import pytest
 
+from vlmnb.engine import families, invariants
 from vlmnb.engine import spans as S
 from vlmnb.engine import tiny
+from vlmnb.engine.vlm import VLM
 
 FAMILIES = list(tiny.FAMILIES)
 
@@ -20,15 +22,6 @@ def prep(built):
         model, processor = built(family)
         return S.prepare(model, processor, image, prompt)
     return prepare
-
-
-@pytest.fixture(scope="module")
-def local_copy(built, make_local):
-    """Function ``family -> (model, processor)``: a copy of the tiny model, made local."""
-    def copy_of(family):
-        model, processor = built(family)
-        return make_local(copy.deepcopy(model)), processor
-    return copy_of
 
 
 # ----------------------------------------------------------------------------- known boxes
@@ -165,6 +158,26 @@ def test_gemma3_square_resize_and_pooled_tokens(prep, noise, built):
     assert (ids == S.image_token_id(model.config)).sum() == model.config.mm_tokens_per_image
 
 
+def test_idefics2_learned_queries_carry_their_pictures_box(prep, noise):
+    # 57x41, split at x = 28, y = 20: quarter 1_1 is 29x21, raised to 32x32 (shortest edge), all
+    # seen; the whole image stays 57x41 and the 4 px patches see 56x40 of it
+    p = prep("idefics2", noise(57, 41))
+    g = p.geometry
+    assert [v.name for v in g.views] == ["crop_0_0", "crop_0_1", "crop_1_0", "crop_1_1", "global"]
+    assert all(v.whole_view and v.rows * v.cols == 16 for v in g.views)
+    quarter, whole = g.view("crop_1_1"), g.view()
+    assert whole.name == "global" and np.allclose(whole.region, (0, 0, 56, 40))
+    assert np.allclose(quarter.region, (28, 20, 57, 41)) and np.allclose(g.boxes[quarter.token_indices], quarter.region)
+    # a pixel is seen by every query of each picture holding it; the last column by no global query
+    assert g.token_at(30, 25) == sorted(quarter.token_indices.tolist() + whole.token_indices.tolist())
+    assert g.token_at(56, 10) == g.view("crop_0_1").token_indices.tolist()
+    # painted, a whole-view view shows the mean of its tokens over its region
+    values = np.arange(len(g.boxes), dtype=float)
+    painted = g.paint(values, view="crop_1_1")
+    assert np.isnan(painted[:20]).all() and np.isnan(painted[:, :28]).all()
+    assert np.allclose(painted[20:, 28:], values[quarter.token_indices].mean())
+
+
 # ----------------------------------------------------------------------------- generic properties
 
 
@@ -182,8 +195,12 @@ def test_boxes_inside_image_and_views_consistent(family, size, prep, noise):
     # every token with a box is in exactly one view; views' tokens have boxes
     counted = np.concatenate([v.token_indices for v in g.views])
     assert sorted(counted) == sorted(np.flatnonzero(ok))
-    # each view's grid is laid out left-to-right, top-to-bottom in its region
+    # each view's grid is laid out left-to-right, top-to-bottom in its region; a whole-view
+    # view's tokens (learned queries pooling the whole picture) all carry its region
     for v in g.views:
+        if v.whole_view:
+            assert np.allclose(g.boxes[v.token_indices], v.region)
+            continue
         centers = g.centers()
         grid_x = g.to_grid(centers[:, 0], view=v.name)
         grid_y = g.to_grid(centers[:, 1], view=v.name)
@@ -194,9 +211,10 @@ def test_boxes_inside_image_and_views_consistent(family, size, prep, noise):
         vb = g.boxes[v.token_indices]
         assert (vb[:, 0] >= x0 - 1e-9).all() and (vb[:, 2] <= x1 + 1e-9).all()
         assert (vb[:, 1] >= y0 - 1e-9).all() and (vb[:, 3] <= y1 + 1e-9).all()
-    # every pixel is seen by at least one token of the overview (LLaVA-1.5 and FastVLM crop the sides away)
+    # every pixel is seen by at least one token of the overview, but where a center crop (LLaVA-1.5's)
+    # cuts the sides away
     overview = g.view()
-    corners = [(0, 0), (W - 1, H - 1)] if family not in ("llava", "fast_vlm") else []
+    corners = [(0, 0), (W - 1, H - 1)] if not families.get(family).crops else []
     for x, y in corners + [(W // 2, H // 3)]:
         hits = g.token_at(x, y)
         assert set(hits) & set(overview.token_indices), (x, y)
@@ -219,35 +237,25 @@ def test_geometry_helpers(prep, noise):
         g.view("thumbnail")
 
 
-# ----------------------------------------------------------------------------- painted square, end to end
-
-
-PAINT_CASES = [((56, 40), (4, 4, 40, 16)), ((96, 96), (60, 8, 92, 40)),
-               pytest.param((40, 72), (24, 40, 40, 72), marks=pytest.mark.slow)]
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("size,rect", PAINT_CASES)
-def test_painted_region_changes_exactly_the_tokens_that_cover_it(family, size, rect, local_copy,
-                                                                 assert_paint_localised):
-    model, processor = local_copy(family)
-    assert_paint_localised(model, processor, size, rect)
+# ----------------------------------------------------------------------------- PIL backends
+# (the painted-square check of every family is in test_invariants.py)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
-def test_pil_backend_processors_share_the_geometry(family, local_copy, assert_paint_localised):
+def test_pil_backend_processors_share_the_geometry(family, built):
     """The PIL-backend image processors (``...ImageProcessorPil``) resize and crop like the
     torchvision ones, so the same geometry holds for them."""
     import transformers
+    from transformers.image_processing_backends import TorchvisionBackend
 
-    model, processor = local_copy(family)
+    model, processor = built(family)
     processor = copy.deepcopy(processor)
     ip = processor.image_processor
     pil_class = getattr(transformers, type(ip).__name__ + "Pil", None)
-    if pil_class is None:  # PerceptionLM's image processor exists for the torchvision backend only
-        pytest.skip(f"transformers has no PIL backend of {type(ip).__name__}")
+    if not isinstance(ip, TorchvisionBackend) or pil_class is None:
+        pytest.skip(f"{type(ip).__name__} has one backend only, which the painted-region tests already use")
     settings = {k: v for k, v in ip.to_dict().items()
                 if not k.startswith("_") and k not in ("image_processor_type", "processor_class", "backend")}
     processor.image_processor = pil_class(**settings)
-    assert_paint_localised(model, processor, (56, 40), (4, 4, 40, 16))
+    invariants.painted_square(VLM(invariants.local_vision_copy(model), processor), (56, 40), (4, 4, 40, 16))

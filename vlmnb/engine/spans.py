@@ -9,8 +9,10 @@
   *original* image (in its own pixels) that the token sees, for every supported family: one
   resized / cropped square (LLaVA-1.5, Gemma3), anyres base image + high-resolution grid with
   newline tokens (LLaVA-NeXT, LLaVA-OneVision), a dynamic grid of merged patches (Qwen2-VL,
-  Qwen2.5-VL), tiles + thumbnail (InternVL) and crops + global image (Idefics3, SmolVLM). Each
-  family's geometry and markers live in its registry entry (:mod:`vlmnb.engine.families`).
+  Qwen2.5-VL), tiles + thumbnail (InternVL, Aya Vision, Command A Vision), crops + global image
+  (Idefics3, SmolVLM) and learned queries that each pool a whole picture (Idefics2: every one gets
+  its picture's box). Each family's geometry and markers live in its registry entry
+  (:mod:`vlmnb.engine.families`).
 
 Span rule (the same for every family)
 -------------------------------------

@@ -11,8 +11,9 @@ import it below and add it to ``_MODULES``.
 """
 from __future__ import annotations
 
-from vlmnb.engine.families import (fast_vlm, gemma3, got_ocr2, idefics3, internvl, llava, llava_next,
-                                   llava_onevision, perception_lm, qwen2_5_vl, qwen2_vl, smolvlm)
+from vlmnb.engine.families import (aya_vision, cohere2_vision, deepseek_vl, fast_vlm, gemma3, got_ocr2, idefics2,
+                                   idefics3, internvl, janus, llava, llava_next, llava_next_video, llava_onevision,
+                                   mistral3, ovis2, perception_lm, qwen2_5_vl, qwen2_vl, smolvlm, video_llava, vipllava)
 from vlmnb.engine.families.base import Family
 
 # the registry, in the book's order: one line per family
@@ -26,6 +27,16 @@ _MODULES = (
     idefics3,
     smolvlm,
     gemma3,
+    mistral3,
+    vipllava,
+    llava_next_video,
+    video_llava,
+    deepseek_vl,
+    janus,
+    ovis2,
+    idefics2,
+    aya_vision,
+    cohere2_vision,
     got_ocr2,
     perception_lm,
     fast_vlm,

@@ -89,6 +89,6 @@ def reference_sizes(config, processor):
     return config, LlavaProcessor(ip, tok, patch_size=64, chat_template=template)
 
 
-FAMILY = Family(name="fast_vlm", geometry=geometry, build_tiny=build_tiny,
+FAMILY = Family(name="fast_vlm", geometry=geometry, build_tiny=build_tiny, crops=True,
                 hub_ids=("KamilaMila/FastVLM-0.5B", "KamilaMila/FastVLM-7B"), reference_sizes=reference_sizes,
                 init_random=init_random)
