@@ -11,8 +11,8 @@ import it below and add it to ``_MODULES``.
 """
 from __future__ import annotations
 
-from vlmnb.engine.families import (gemma3, idefics3, internvl, llava, llava_next, llava_onevision, qwen2_5_vl,
-                                   qwen2_vl, qwen3_vl, smolvlm)
+from vlmnb.engine.families import (gemma3, glm4v, idefics3, internvl, llava, llava_next, llava_onevision,
+                                   qwen2_5_vl, qwen2_vl, qwen3_vl, smolvlm)
 from vlmnb.engine.families.base import Family
 
 # the registry, in the book's order: one line per family
@@ -23,6 +23,7 @@ _MODULES = (
     qwen2_vl,
     qwen2_5_vl,
     qwen3_vl,
+    glm4v,
     internvl,
     idefics3,
     smolvlm,
