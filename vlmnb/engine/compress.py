@@ -330,7 +330,7 @@ class CompressedContext:
     def _position_ids(self, start: int, n: int):
         import torch
 
-        pos = torch.arange(start, start + n, device=self.vlm.device)
+        pos = torch.arange(start, start + n, device=self.vlm.device) + families.get(self.vlm.family).position_offset
         if self.rope_delta is not None:
             return (pos + self.rope_delta).view(1, 1, -1).expand(3, 1, -1)
         return pos.view(1, -1)

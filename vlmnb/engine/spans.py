@@ -176,15 +176,16 @@ def render_prompt(processor, prompt: str, family: str) -> str:
     A prompt that already contains the processor's image placeholder (``<image>``,
     ``<|image_pad|>``, ...) is used verbatim. Otherwise, with a chat template: one user turn
     holding the image then the text, ``add_generation_prompt=True``. Without a chat template the
-    fallback is ``"<placeholder>\\n<prompt>"``.
+    family's own format (its entry's ``untemplated``; usually ``"<placeholder>\\n<prompt>"``).
     """
-    placeholder = families.get(family).image_placeholder(processor)
+    entry = families.get(family)
+    placeholder = entry.image_placeholder(processor)
     if placeholder and placeholder in prompt:
         return prompt
     if getattr(processor, "chat_template", None):
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
         return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return f"{placeholder}\n{prompt}"
+    return entry.untemplated(placeholder, prompt)
 
 
 def prepare(model, processor, image, prompt: str, family: str | None = None) -> Prepared:
@@ -211,7 +212,8 @@ def prepare(model, processor, image, prompt: str, family: str | None = None) -> 
     if bos is not None and text.startswith(bos):
         call_kwargs["add_special_tokens"] = False  # the template already wrote BOS
     encoded = processor(images=[pil], text=[text], return_tensors="pt", **call_kwargs)
-    inputs = dict(encoded)
+    # ``labels`` is a training target, not an input (PaliGemma's processor returns one with every prompt)
+    inputs = {k: v for k, v in encoded.items() if k != "labels"}
     ids = inputs["input_ids"]
     if ids.shape[0] != 1:
         raise ValueError(f"expected a batch of one, got input_ids of shape {tuple(ids.shape)}")
