@@ -48,12 +48,14 @@ def image_pass(llava):
 
 
 # ----------------------------------------------------------------------------- k = 100%
-@pytest.mark.parametrize("family, window", [("llava", None), ("qwen2_vl", None), ("gemma3", 12)])
+@pytest.mark.parametrize("family, window", [("llava", None), ("qwen2_vl", None), ("gemma3", 12),
+                                            ("paligemma", None)])
 def test_full_context_reproduces_full_forward(family, window):
     """k=100% keeps every prompt token: the question's logits must equal those of one plain
     forward pass over prompt + question (positions, rotary phases and caching all right),
-    for 1-D positions (LLaVA), 3-D mrope positions (Qwen2-VL) and sliding windows (Gemma3,
-    window shrunk to 12 tokens so that the question's window cuts into the prompt)."""
+    for 1-D positions (LLaVA), 3-D mrope positions (Qwen2-VL), sliding windows (Gemma3,
+    window shrunk to 12 tokens so that the question's window cuts into the prompt) and positions
+    counted from 1 after a bidirectional prompt (PaliGemma)."""
     vlm = _vlm(family, window=window)
     ip = describe(vlm, _image(1), max_new_tokens=4)
     ctx = ip.compress(k=1.0)

@@ -16,7 +16,7 @@ MODEL_CLASSES = {
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration", "internvl": "InternVLForConditionalGeneration",
     "idefics3": "Idefics3ForConditionalGeneration", "smolvlm": "SmolVLMForConditionalGeneration",
     "gemma3": "Gemma3ForConditionalGeneration", "qwen3_vl": "Qwen3VLForConditionalGeneration",
-    "glm4v": "Glm4vForConditionalGeneration",
+    "glm4v": "Glm4vForConditionalGeneration", "paligemma": "PaliGemmaForConditionalGeneration",
 }
 
 

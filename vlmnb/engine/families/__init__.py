@@ -12,7 +12,7 @@ import it below and add it to ``_MODULES``.
 from __future__ import annotations
 
 from vlmnb.engine.families import (gemma3, glm4v, idefics3, internvl, llava, llava_next, llava_onevision,
-                                   qwen2_5_vl, qwen2_vl, qwen3_vl, smolvlm)
+                                   paligemma, qwen2_5_vl, qwen2_vl, qwen3_vl, smolvlm)
 from vlmnb.engine.families.base import Family
 
 # the registry, in the book's order: one line per family
@@ -28,6 +28,7 @@ _MODULES = (
     idefics3,
     smolvlm,
     gemma3,
+    paligemma,
 )
 
 #: family name -> its entry
