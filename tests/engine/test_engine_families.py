@@ -11,6 +11,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import vlmnb  # noqa: E402
+from vlmnb.engine import families  # noqa: E402
 from vlmnb.engine.vlm import VLM  # noqa: E402
 
 tiny = pytest.importorskip("vlmnb.engine.tiny")
@@ -124,6 +125,27 @@ def test_family_left_padded_batch_equals_per_sample(family_vlm):
     for s, b in zip(single, batch):
         assert s.token_ids == b.token_ids
         np.testing.assert_allclose(s.recording.fractions, b.recording.fractions, atol=1e-4)
+
+
+def _moe_builders():
+    """``build_tiny_moe`` of the family modules that have one (a mixture-of-experts variant whose
+    model_type the family's entry also covers)."""
+    import importlib
+
+    modules = [importlib.import_module(f"vlmnb.engine.families.{name}") for name in FAMILIES]
+    return [pytest.param(m.build_tiny_moe, id=m.FAMILY.name) for m in modules if hasattr(m, "build_tiny_moe")]
+
+
+@pytest.mark.parametrize("build", _moe_builders())
+def test_moe_variants_keep_the_family_invariants(build):
+    """A family's mixture-of-experts variant is detected as the family and passes its invariants."""
+    model, processor = build(0, tiny.DEFAULT_VIEW)
+    vlm = VLM(model, processor, name="tiny-moe")
+    model_type = model.config.model_type
+    assert model_type != vlm.family and model_type in families.get(vlm.family).model_types
+    test_family_invariants(vlm)
+    test_family_hidden_states_and_recording_vs_eager(vlm)
+    test_family_left_padded_batch_equals_per_sample(vlm)
 
 
 def test_gemma3_sliding_window_positions():

@@ -71,6 +71,11 @@ def build_tiny(seed: int, view: int):
     return build_glm4v(seed, view)
 
 
+def build_tiny_moe(seed: int, view: int):
+    """A tiny random GLM-4.5V (``glm4v_moe``: a dense first layer, then 4 routed experts + 1 shared)."""
+    return build_glm4v(seed, view, moe=True)
+
+
 def reference_sizes(config, processor):
     """GLM-4.1V: 14 px patches merged 2x2, 112x112 to 9.6 M pixels (two frames' worth) per picture,
     learned vision positions on a 336 px / 24 x 24 grid."""
@@ -84,5 +89,6 @@ def reference_sizes(config, processor):
 
 
 FAMILY = Family(name="glm4v", geometry=geometry, build_tiny=build_tiny, markers=markers, mrope=True,
+                model_types=("glm4v", "glm4v_moe"),
                 hub_ids=("zai-org/GLM-4.1V-9B-Thinking", "zai-org/GLM-4.1V-9B-Base"),
                 reference_sizes=reference_sizes)

@@ -70,6 +70,11 @@ def build_tiny(seed: int, view: int):
     return build_qwen3(seed, view)
 
 
+def build_tiny_moe(seed: int, view: int):
+    """A tiny random Qwen3-VL-MoE (``qwen3_vl_moe``: 4 experts, 2 per token, in both decoder layers)."""
+    return build_qwen3(seed, view, moe=True)
+
+
 def reference_sizes(config, processor):
     """Qwen3-VL: 16 px patches merged 2x2, 256x256 to 4096x4096 pixels per picture, a 48x48 grid
     of learned vision positions."""
@@ -84,5 +89,6 @@ def reference_sizes(config, processor):
 
 
 FAMILY = Family(name="qwen3_vl", geometry=geometry, build_tiny=build_tiny, markers=markers, mrope=True,
+                model_types=("qwen3_vl", "qwen3_vl_moe"),
                 hub_ids=("Qwen/Qwen3-VL-8B-Instruct", "Qwen/Qwen3-VL-4B-Instruct"),
                 reference_sizes=reference_sizes)
