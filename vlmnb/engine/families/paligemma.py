@@ -7,6 +7,8 @@ system span is empty -- and the prompt's image string is written straight before
 The image tokens, the BOS and the prompt form one prefix that attends bidirectionally
 (``token_type_ids`` 0); only tokens after the prompt are causal (type 1, which is what
 ``generate`` appends and what a teacher-forced continuation gets). Position ids count from 1.
+PaliGemma's text model is Gemma; PaliGemma 2's is Gemma 2, whose soft-capped attention logits run
+eagerly (:func:`vlmnb.engine.attention.stock_attention`). The tiny model is a PaliGemma 2.
 """
 from __future__ import annotations
 
@@ -43,8 +45,9 @@ def _processor(image_processor, tokenizer, tokens_per_image: int):
 
 
 def build_tiny(seed: int, view: int):
-    """A tiny random PaliGemma (SigLIP vision, Gemma text, 4 x 4 patch tokens, no chat template)."""
-    from transformers import (GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration, SiglipImageProcessor,
+    """A tiny random PaliGemma 2 (SigLIP vision, Gemma 2 text: soft-capped attention logits, sliding
+    and global layers; 4 x 4 patch tokens, no chat template)."""
+    from transformers import (Gemma2Config, PaliGemmaConfig, PaliGemmaForConditionalGeneration, SiglipImageProcessor,
                               SiglipVisionConfig)
 
     tok = make_tokenizer(["<pad>", "<eos>", "<bos>", "<image>"], bos="<bos>", eos="<eos>", pad="<pad>",
@@ -53,10 +56,10 @@ def build_tiny(seed: int, view: int):
     processor = _processor(SiglipImageProcessor(size={"height": view, "width": view}), tok, (view // patch) ** 2)
     # the processor adds PaliGemma's <loc....> / <seg...> tokens to the tokenizer: size the vocabulary after it
     head_dim = TEXT["hidden_size"] // TEXT["num_attention_heads"]
-    # a wide initial spread: with Gemma's tied, sqrt(hidden)-scaled embeddings and the default 0.02 the
-    # two random layers barely move the residual stream, and the model only repeats its last input token
-    text = GemmaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                       pad_token_id=tok.pad_token_id, head_dim=head_dim, initializer_range=0.2, **TEXT)
+    text = Gemma2Config(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                        pad_token_id=tok.pad_token_id, head_dim=head_dim, query_pre_attn_scalar=head_dim,
+                        attn_logit_softcapping=50.0, final_logit_softcapping=30.0, sliding_window=512,
+                        layer_types=["sliding_attention", "full_attention"], **TEXT)
     config = PaliGemmaConfig(
         vision_config=SiglipVisionConfig(image_size=view, patch_size=patch, vision_use_head=False, **VISION),
         text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"), vocab_size=len(tok),
