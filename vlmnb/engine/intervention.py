@@ -250,8 +250,8 @@ class Intervention:
         self._mask_cache = {}
 
     def attend(self, layer, module, query, key, value, attention_mask, **kwargs):
-        """Attention of decoder ``layer`` (called by the registered attention function): SDPA on
-        the model's mask plus this layer's knockouts; recorded rows are reduced on the way."""
+        """Attention of decoder ``layer`` (called by the registered attention function): the stock
+        attention on the model's mask plus this layer's knockouts; recorded rows are reduced on the way."""
         self._calls += 1
         if (self.plan is not None or self.recorder is not None) and query.shape[0] != len(self._rows):
             raise RuntimeError(f"the model runs {query.shape[0]} sequences for {len(self._rows)} prepared "
