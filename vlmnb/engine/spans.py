@@ -7,10 +7,11 @@
   to the ``image``, to the user's ``query`` and (after generation) to the ``generated`` text;
 * :class:`~vlmnb.engine.geometry.Geometry` -- for every token of the image span, the box of the
   *original* image (in its own pixels) that the token sees, for every supported family: one
-  resized / cropped square (LLaVA-1.5, Gemma3), anyres base image + high-resolution grid with
-  newline tokens (LLaVA-NeXT, LLaVA-OneVision), a dynamic grid of merged patches (Qwen2-VL,
-  Qwen2.5-VL), tiles + thumbnail (InternVL) and crops + global image (Idefics3, SmolVLM). Each
-  family's geometry and markers live in its registry entry (:mod:`vlmnb.engine.families`).
+  resized / cropped square (LLaVA-1.5, Gemma3, PaliGemma), anyres base image + high-resolution
+  grid with newline tokens (LLaVA-NeXT, LLaVA-OneVision), a dynamic grid of merged patches
+  (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, GLM-4.1V), tiles + thumbnail (InternVL) and crops + global
+  image (Idefics3, SmolVLM). Each family's geometry and markers live in its registry entry
+  (:mod:`vlmnb.engine.families`).
 
 Span rule (the same for every family)
 -------------------------------------
@@ -19,7 +20,7 @@ Span rule (the same for every family)
 ``image``
     every token that stands for the image: the image (placeholder) tokens *and* the image
     structure tokens the processor or the template put around and between them -- begin/end of
-    image markers (``<|vision_start|>``, ``<img>``, ``<start_of_image>``,
+    image markers (``<|vision_start|>``, ``<|begin_of_image|>``, ``<img>``, ``<start_of_image>``,
     ``<fake_token_around_image>``), ``<row_i_col_j>`` and ``<global-img>`` tags, the text
     newlines between rows of crops, and LLaVA-NeXT/OneVision's learned newline tokens. The span
     runs from the first to the last such token. Structure tokens carry no patch: their
