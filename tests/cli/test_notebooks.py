@@ -27,6 +27,8 @@ OTHER_FAMILY = {
 # families added later run chapters 1 and 2 too, each for a structure the first five lack
 NEW_FAMILIES = (
     "mistral3",          # Pixtral: row-break markers inside the image span
+    "qwen3_vl",          # DeepStack features added inside the decoder, interleaved M-RoPE
+    "paligemma",         # no chat template, a bidirectional image + prompt prefix
 )
 RUNS = [(chapter, family, params) for chapter, (family, params) in OTHER_FAMILY.items()]
 RUNS += [(chapter, family, OTHER_FAMILY[chapter][1]) for family in NEW_FAMILIES
