@@ -204,3 +204,16 @@ def test_to_casts_floating_inputs_only(built, noise):
     assert moved.pixel_values.dtype == torch.float64 and moved.input_ids.dtype == prep.input_ids.dtype
     assert prep.pixel_values.dtype == torch.float32
     assert moved.spans is prep.spans and moved.geometry is prep.geometry
+
+
+@pytest.mark.parametrize("family", ["got_ocr2"])
+def test_untemplated_prompt_is_the_checkpoints_own_format(family, built):
+    """Checkpoints without a chat template get their family's own prompt format: the same text
+    as the tiny processor's template, which writes the real format."""
+    import copy
+
+    _, processor = built(family)
+    bare = copy.deepcopy(processor)
+    bare.chat_template = None
+    assert S.render_prompt(bare, "describe the image", family) == \
+        S.render_prompt(processor, "describe the image", family)

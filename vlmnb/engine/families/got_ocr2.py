@@ -24,6 +24,13 @@ TEMPLATE = PARTS + (
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
 )
 
+def untemplated(placeholder: str, prompt: str) -> str:
+    """The checkpoints ship no chat template: the prompt GotOcr2Processor itself writes around
+    the image, with ``prompt`` in place of its ``OCR:``."""
+    return (f"<|im_start|>system\n{SYSTEM}<|im_end|><|im_start|>user\n<img>{placeholder}</img>\n{prompt}"
+            "<|im_end|><|im_start|>assistant\n")
+
+
 #: the projector's two stride-2 convolutions: one token per 4 x 4 patches
 MERGE = 4
 
@@ -118,4 +125,5 @@ def reference_sizes(config, processor):
 
 
 FAMILY = Family(name="got_ocr2", geometry=geometry, build_tiny=build_tiny, markers=markers, placeholder=placeholder,
+                untemplated=untemplated,
                 hub_ids=("stepfun-ai/GOT-OCR-2.0-hf", "yonigozlan/GOT-OCR-2.0-hf"), reference_sizes=reference_sizes)
