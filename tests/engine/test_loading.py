@@ -158,3 +158,26 @@ def test_dtype_names():
     assert torch_dtype(torch.float32) is torch.float32
     with pytest.raises(ValueError, match="dtype must be"):
         torch_dtype("bf17")
+
+
+def test_a_model_needing_timm_without_timm_is_one_line(tmp_path):
+    """In an environment without timm, a PerceptionLM folder stops with the extra to install."""
+    folder = tiny.save("perception_lm", tmp_path / "plm")
+    script = f"""
+import importlib.abc, sys
+class NoTimm(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "timm" or name.startswith("timm."):
+            raise ModuleNotFoundError("No module named 'timm'")
+sys.meta_path.insert(0, NoTimm())
+import vlmnb
+from vlmnb.core.errors import MissingExtra
+try:
+    vlmnb.load({str(folder)!r})
+except MissingExtra as exc:
+    print("MISSING:", exc)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    line = [x for x in done.stdout.splitlines() if x.startswith("MISSING:")]
+    assert line and "timm" in line[0] and "vlmnb[timm]" in line[0], done.stdout + done.stderr[-2000:]

@@ -68,6 +68,13 @@ def model_class(config, trust_remote_code: bool):
     raise ValueError(f"model type {config.model_type!r} is not an image-text-to-text model transformers knows")
 
 
+def needs_timm(name: str) -> MissingExtra:
+    """The error for a model whose vision encoder transformers builds with timm (its TimmWrapper:
+    PerceptionLM, FastVLM) where timm is not installed."""
+    return MissingExtra(f"{name!r}: its vision encoder is built with timm, which is not installed; "
+                        "pip install 'vlmnb[timm]'")
+
+
 def load_pretrained(name_or_path: str | os.PathLike, *, dtype=None, device_map=None, revision: str | None = None,
                     trust_remote_code: bool = False, **kwargs) -> Loaded:
     """The model, processor, name, family and revision behind :func:`vlmnb.engine.vlm.load`
@@ -108,7 +115,13 @@ def load_pretrained(name_or_path: str | os.PathLike, *, dtype=None, device_map=N
 
     # a hub id is pinned to one commit: config, weights and processor all come from it
     pin = {} if local else {"revision": commit or revision}
-    config = AutoConfig.from_pretrained(source, local_files_only=local_only, trust_remote_code=trust_remote_code, **pin)
+    try:
+        config = AutoConfig.from_pretrained(source, local_files_only=local_only, trust_remote_code=trust_remote_code,
+                                            **pin)
+    except ImportError as exc:
+        if "timm" in str(exc).lower():
+            raise needs_timm(name) from None
+        raise
     if not local and commit is None:  # just downloaded: the commit the hub resolved ``revision`` to
         commit = cached_commit(name, revision)
         if commit is None:
@@ -132,6 +145,8 @@ def load_pretrained(name_or_path: str | os.PathLike, *, dtype=None, device_map=N
         model = model_cls.from_pretrained(source, dtype=dtype, device_map=device_map, **common, **kwargs)
         processor = AutoProcessor.from_pretrained(source, **common)
     except ImportError as exc:
+        if "timm" in str(exc).lower():
+            raise needs_timm(name) from None
         if "torchvision" not in str(exc).lower():
             raise
         # transformers' processors of several families (Qwen2-VL, InternVL, Idefics3, ...) need it
