@@ -22,21 +22,32 @@ from vlmnb.engine.tinykit import DEFAULT_VIEW
 
 #: the families tiny models exist for: every family of the registry
 FAMILIES = families.NAMES
+#: every tiny model the tests run: one per family, plus each family's ``tiny_variants`` (another
+#: text decoder, say) as ``"<family>-<variant>"``
+MODELS = FAMILIES + tuple(f"{name}-{variant}" for name in FAMILIES for variant in families.get(name).tiny_variants)
+
+
+def family_of(model: str) -> str:
+    """The family of a tiny model's name (one of :data:`MODELS`)."""
+    return model.split("-", 1)[0]
 
 
 def build(family: str, seed: int = 0, image_size: int | None = None):
-    """A tiny random ``(model, processor)`` of ``family`` (one of :data:`FAMILIES`).
+    """A tiny random ``(model, processor)`` of ``family`` (one of :data:`MODELS`: a family, or a
+    family's variant such as ``"internvl2-qwen2"``).
 
     ``image_size`` is the pixel side of one view the vision encoder sees (a crop, tile or
     square; default 32, a multiple of 16). The model is in eval mode with greedy generation
     defaults; weights depend only on ``seed``.
     """
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; tiny models exist for: {', '.join(FAMILIES)}")
+    if family not in MODELS:
+        raise ValueError(f"unknown family {family!r}; tiny models exist for: {', '.join(MODELS)}")
     view = int(image_size or DEFAULT_VIEW)
     if view % 16 or view <= 0:
         raise ValueError(f"image_size must be a positive multiple of 16, got {image_size}")
-    return families.get(family).build_tiny(seed, view)
+    name, _, variant = family.partition("-")
+    entry = families.get(name)
+    return entry.build_tiny(seed, view, variant) if variant else entry.build_tiny(seed, view)
 
 
 def save(family: str, path, seed: int = 0, image_size: int | None = None) -> Path:

@@ -49,6 +49,13 @@ class Family:
             geometry tests run every family at these sizes.
         init_random: ``model -> None``: re-draws weights that transformers initialises so that
             the image is invisible (a zero projection, say) in a randomly initialised model.
+        load_remote: for checkpoints that ship their own modelling code (loaded only with
+            ``trust_remote_code=True``): ``(source, config, **from_pretrained_kwargs) -> (model,
+            processor)``, raising a one-line error before any weight is read for a variant the
+            engine cannot run; None for families transformers implements.
+        tiny_variants: names of further tiny models of the family (another text decoder, say):
+            ``build_tiny(seed, view, variant)`` builds them, and the tests run them as well
+            (:data:`vlmnb.engine.tiny.MODELS`).
     """
 
     name: str
@@ -63,6 +70,8 @@ class Family:
     knockout_note: str = ""
     reference_sizes: Callable[[Any, Any], tuple] | None = None
     init_random: Callable[[Any], None] = no_init
+    load_remote: Callable[..., tuple] | None = None
+    tiny_variants: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.model_types:
