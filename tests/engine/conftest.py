@@ -116,7 +116,7 @@ def _make_local(model):
 def _image_rows(model, prepared):
     """The embeddings the language model receives at the image-span positions."""
     captured = {}
-    lm = getattr(model.model, "language_model", None) or model.model.text_model
+    lm = VLM(model).decoder  # the text decoder: it receives the embeddings as ``inputs_embeds``
 
     def hook(module, args, kwargs):
         captured["embeds"] = kwargs["inputs_embeds"].detach().clone()

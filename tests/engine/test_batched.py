@@ -291,7 +291,7 @@ def test_record_rows_records_only_those_rows(vlm):
         vlm.generate_batch([inp, inp], max_new_tokens=2, record=spec, row_knockouts=knockouts, record_rows=[2])
 
 
-@pytest.mark.parametrize("family", tiny.FAMILIES)
+@pytest.mark.parametrize("family", tiny.MODELS)
 def test_shared_prefix_rows_equal_single_runs_in_every_family(family):
     """The unexpanded shared prefix (and recording the baseline row only) in all nine families."""
     model, processor = tiny.build(family)
@@ -408,7 +408,7 @@ def test_gpu_check_runs_its_code_path_on_the_cpu(tmp_path, capsys):
     assert "knockout / plain" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("family", tiny.FAMILIES)
+@pytest.mark.parametrize("family", tiny.MODELS)
 def test_early_stop_rows_equal_single_runs_in_every_family(family):
     """Rows ending at different steps leave the batch; ids equal single runs in all families."""
     model, processor = tiny.build(family)

@@ -140,8 +140,10 @@ def completed_class(remote_class: type, interface: type) -> type:
             remote_class.__init__(self, complete_config(config, interface.text_config_name), *args, **kwargs)
             self.post_init()
 
+        # (saved like AutoModel saves a class of a checkpoint's own code: the code files beside the weights)
         namespace = {"__init__": __init__, "__module__": remote_class.__module__,
-                     "__qualname__": remote_class.__qualname__, "__doc__": remote_class.__doc__}
+                     "__qualname__": remote_class.__qualname__, "__doc__": remote_class.__doc__,
+                     "_auto_class": remote_class._auto_class or "AutoModel"}
         _COMPLETED[key] = type(remote_class.__name__, (interface, GenerationMixin, remote_class), namespace)
     return _COMPLETED[key]
 
