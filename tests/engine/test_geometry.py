@@ -156,6 +156,16 @@ def test_internvl2_two_by_two_tiles_and_thumbnail(family, prep, noise, built):
     assert [v.name for v in small.views] == ["image"]
 
 
+@pytest.mark.filterwarnings("ignore:In ps_version 'v1'")  # the checkpoints' code warns of exactly this
+def test_internvl2_pixel_shuffle_v1_order(local_copy, assert_paint_localised):
+    """Checkpoints with ``ps_version='v1'`` leave each tile's merged grid transposed: the geometry
+    lists its tokens column by column, and the painted square still finds exactly its tokens."""
+    model, processor = local_copy("internvl2")
+    model.config.ps_version = model.ps_version = "v1"
+    assert_paint_localised(model, processor, (96, 96), (60, 8, 92, 40))
+    assert_paint_localised(model, processor, (56, 40), (4, 4, 40, 16))
+
+
 def test_internvl2_tiling_and_tokens_at_the_reference_sizes(built):
     from vlmnb.engine.internvl2_processing import closest_grid
 

@@ -130,6 +130,9 @@ def test_command_line_writes_a_loadable_remote_code_folder(tmp_path):
     subprocess.run([sys.executable, "-m", "vlmnb.tiny", "internvl2", str(folder), "--seed", "1"],
                    capture_output=True, text=True, check=True)
     assert (folder / "modeling_internvl_chat.py").exists() and (folder / "tokenizer.json").exists()
+    from vlmnb.cli import tiny as tiny_cli
+
+    assert tiny_cli.main(["internvl2", str(folder), "--seed", "1"]) == 0  # its own folder may be written again
     vlm = vlmnb.load(folder, trust_remote_code=True)
     expected, _ = tiny.build("internvl2", seed=1)
     assert vlm.family == "internvl2" and vlm.num_layers == 2

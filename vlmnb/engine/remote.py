@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 
-from vlmnb.core.errors import OneLineError
+from vlmnb.core.errors import MissingExtra, OneLineError
 
 
 class ImageFeaturesMismatch(OneLineError, ValueError):
@@ -157,4 +157,7 @@ def remote_class(config, source: str | os.PathLike, auto: str = "AutoModel", **h
     if reference is None:
         raise ValueError(f"the config of {str(source)!r} names no {auto} class in its auto_map")
     allowed = {k: v for k, v in hub_kwargs.items() if k in ("revision", "local_files_only", "cache_dir", "token")}
-    return get_class_from_dynamic_module(reference, str(source), **allowed)
+    try:
+        return get_class_from_dynamic_module(reference, str(source), **allowed)
+    except ImportError as exc:  # transformers names the packages the code imports that are missing
+        raise MissingExtra(f"{str(source)!r}: {' '.join(str(exc).split())}") from None

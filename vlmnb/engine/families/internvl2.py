@@ -211,13 +211,12 @@ def tiny_config(view: int, tokenizer) -> dict:
 
 def build_tiny(seed: int, view: int, variant: str | None = None):
     """A tiny random InternVL2 from the checkpoints' own code (:func:`remote_code_folder`): a Llama
-    decoder (the 40B's and 76B's), written to a folder and loaded as ``vlmnb.load(folder,
-    trust_remote_code=True)`` loads a checkpoint; ``variant="qwen2"``: a Qwen2 decoder (the 1B's),
+    decoder (the 40B's and 76B's), written to a folder and loaded back by :func:`load_remote`, as
+    ``vlmnb.load(folder, trust_remote_code=True)`` loads a checkpoint; ``variant="qwen2"``: a Qwen2 decoder (the 1B's),
     made in memory -- the remote code at hand (the 2B's) has no config class for a Qwen2 decoder,
     which InternVL2-1B's own code adds, so that folder could not be read back."""
+    import torch
     from transformers import AutoConfig, Qwen2Config, Qwen2ForCausalLM
-
-    from vlmnb.engine.loading import load_pretrained  # (loading imports the registry)
 
     if variant not in (None, "qwen2"):
         raise ValueError(f"unknown internvl2 variant {variant!r}; variants: qwen2")
@@ -238,13 +237,11 @@ def build_tiny(seed: int, view: int, variant: str | None = None):
             with seeded(seed):
                 model = model_class(config, language_model=Qwen2ForCausalLM(config.llm_config))
             model, processor = ready(model, tokenizer)
-        else:
+        else:  # written and read back as vlmnb.load(folder, trust_remote_code=True) reads a checkpoint
             with seeded(seed):
                 model_class(config).save_pretrained(folder)
-            import torch
-
-            loaded = load_pretrained(folder, trust_remote_code=True, dtype=torch.float32, device_map="cpu")
-            model, processor = loaded.model, loaded.processor
+            model, processor = load_remote(folder, AutoConfig.from_pretrained(folder, trust_remote_code=True),
+                                           dtype=torch.float32, local_files_only=True, trust_remote_code=True)
     return finish(model, processor.tokenizer, seed), processor
 
 
