@@ -166,6 +166,23 @@ def test_internvl2_pixel_shuffle_v1_order(local_copy, assert_paint_localised):
     assert_paint_localised(model, processor, (56, 40), (4, 4, 40, 16))
 
 
+def test_internvl2_tiling_rule_equals_transformers_copy_of_it():
+    """LFM2-VL's image processor in transformers carries InternVL's tiling rule (closest aspect
+    ratio, the larger grid on a tie when the picture fills more than half of it): both agree."""
+    from transformers.models.lfm2_vl.image_processing_lfm2_vl import find_closest_aspect_ratio
+
+    from vlmnb.engine.internvl2_processing import closest_grid
+
+    rng = np.random.default_rng(0)
+    sizes = [(w, h) for w in (32, 64, 96, 128) for h in (32, 64, 96, 128)]
+    sizes += [(int(w), int(h)) for w, h in rng.integers(8, 2000, (200, 2))]
+    for max_tiles in (1, 6, 12):
+        ratios = sorted({(i, j) for n in range(1, max_tiles + 1) for i in range(1, n + 1) for j in range(1, n + 1)
+                         if i * j <= max_tiles}, key=lambda g: g[0] * g[1])
+        for w, h in sizes:
+            assert closest_grid(w, h, 32, 1, max_tiles) == find_closest_aspect_ratio(w / h, ratios, w, h, 32), (w, h)
+
+
 def test_internvl2_tiling_and_tokens_at_the_reference_sizes(built):
     from vlmnb.engine.internvl2_processing import closest_grid
 

@@ -210,7 +210,9 @@ class InternVL2Processor:
                 pictures.append(values)
                 out += self.image_tokens(int(values.shape[0])) + part
             expanded.append(out)
-        encoded = self.tokenizer(expanded, return_tensors="pt", padding=padding, add_special_tokens=add_special_tokens)
+        # (one prompt needs no padding, and a tokenizer without a pad token, as Llama 3's, refuses to pad)
+        encoded = self.tokenizer(expanded, return_tensors="pt", padding=padding if len(expanded) > 1 else False,
+                                 add_special_tokens=add_special_tokens)
         data = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
         if pictures:
             data["pixel_values"] = torch.cat(pictures)

@@ -7,7 +7,9 @@ byte-level BPE tokenizer trained on a built-in corpus with the special tokens th
 processor needs, the family's image processor class with small sizes, and a chat template that
 writes the family's prompt format. ``save(family, path)`` writes a folder that
 ``AutoProcessor`` / ``AutoModelForImageTextToText`` load offline -- the chapter notebooks accept
-such a folder as their ``model`` parameter. Everything is deterministic in ``seed``.
+such a folder as their ``model`` parameter. A family whose checkpoints run their own code
+(InternVL2) is built from that code, and its folder holds it: ``vlmnb.load(folder,
+trust_remote_code=True)`` loads it. Everything is deterministic in ``seed``.
 
 These models produce random text; they exist to exercise the code paths (spans, geometry,
 knockout, recording) of each family on a CPU in seconds. Each family's builder lives in its
@@ -52,7 +54,8 @@ def build(family: str, seed: int = 0, image_size: int | None = None):
 
 def save(family: str, path, seed: int = 0, image_size: int | None = None) -> Path:
     """Write a tiny ``family`` model and its processor to folder ``path`` (save_pretrained
-    layout; loadable offline with ``AutoProcessor`` / ``AutoModelForImageTextToText``)."""
+    layout; loadable offline with ``AutoProcessor`` / ``AutoModelForImageTextToText``, or, for a
+    family whose checkpoints run their own code, with ``vlmnb.load(path, trust_remote_code=True)``)."""
     path = Path(path)
     model, processor = build(family, seed=seed, image_size=image_size)
     path.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,8 @@ class Family:
             :class:`~vlmnb.engine.geometry.Grid`, or None for a feature that sees no patch
             (see :func:`vlmnb.engine.geometry.lay_out`).
         build_tiny: ``(seed, view) -> (model, processor)``: a tiny random model of the family
-            whose vision encoder sees ``view x view`` pictures (:mod:`vlmnb.engine.tiny`).
+            whose vision encoder sees ``view x view`` pictures (:mod:`vlmnb.engine.tiny`);
+            ``(seed, view, variant)`` for one of ``tiny_variants``.
         model_types: the ``config.model_type`` values of the family (default: ``(name,)``).
         markers: ``(config, processor) -> ids``: the image-structure tokens (begin/end of image)
             that delimit the image span besides the image tokens; None entries are ignored.
