@@ -1,7 +1,7 @@
 """Fixtures the engine tests share: a tiny random LLaVA built from a config with hand-made
 inputs (``tiny_llava``, ``tiny_vlm``, ``make_input``), noise images (``noise``), the tiny
-models of every family (``built``) and the painted-square geometry check (``make_local``,
-``assert_paint_localised``). Factories are session-scoped, so module-scoped fixtures can
+models of every family (``built``) and sweep rows ending at different steps
+(``eos_splitting_rows``). Factories are session-scoped, so module-scoped fixtures can
 use them; each test module builds its own model from them."""
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from vlmnb.engine import tiny  # noqa: E402
-from vlmnb.engine.spans import prepare  # noqa: E402
 from vlmnb.engine.vlm import VLM  # noqa: E402
 
 IMAGE_TOKEN = 99
@@ -95,73 +94,24 @@ def _built(family):
     return tiny.build(family, seed=0)
 
 
-def _make_local(model):
-    """Zero every linear map inside the vision encoder's transformer layers (in place): the
-    residual layers become the identity, so each image feature depends only on its own patches
-    (patch embedding, merging, pooling and projection stay as they are)."""
-    emptied = 0
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and ("vision" in name or "visual" in name) \
-                and name.rsplit(".", 1)[-1] in ("layers", "layer", "blocks"):
-            for sub in module.modules():
-                if isinstance(sub, torch.nn.Linear):
-                    torch.nn.init.zeros_(sub.weight)
-                    if sub.bias is not None:
-                        torch.nn.init.zeros_(sub.bias)
-            emptied += 1
-    assert emptied == 1, f"expected one vision layer list, found {emptied}"
-    return model
+def _eos_splitting_rows(vlm, inp, rows, new):
+    """Set the model's end-of-sequence id to one that some sweep rows produce early and others
+    late or never (the caller restores ``generation_config.eos_token_id``)."""
+    gen_config = vlm.model.generation_config
+    gen_config.eos_token_id = None
+    free = [vlm.generate(inp, max_new_tokens=new, knockout=k or None).token_ids for k in rows]
+    counts = {}
+    for ids in free:
+        for t in set(ids[1:-1]):
+            counts[t] = counts.get(t, 0) + 1
+    gen_config.eos_token_id = min(counts, key=lambda t: (abs(counts[t] - len(rows) / 2), t))
 
 
-def _image_rows(model, prepared):
-    """The embeddings the language model receives at the image-span positions."""
-    captured = {}
-    lm = VLM(model).decoder  # the text decoder: it receives the embeddings as ``inputs_embeds``
-
-    def hook(module, args, kwargs):
-        captured["embeds"] = kwargs["inputs_embeds"].detach().clone()
-
-    handle = lm.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            model(**prepared.inputs)
-    finally:
-        handle.remove()
-    return captured["embeds"][0, prepared.spans.image].numpy()
-
-
-def _assert_paint_localised(model, processor, size, rect):
-    """Paint ``rect`` of a flat ``size`` image: the image tokens whose boxes cover the paint must
-    change, those well away from it must not (``model`` must be local, see ``make_local``)."""
-    W, H = size
-    base = np.full((H, W, 3), 120, dtype=np.uint8)
-    painted = base.copy()
-    x0, y0, x1, y1 = rect
-    painted[y0:y1, x0:x1] = (250, 10, 30)
-    a = prepare(model, processor, Image.fromarray(base), "describe the image")
-    b = prepare(model, processor, Image.fromarray(painted), "describe the image")
-    assert np.array_equal(a.spans.image, b.spans.image)
-    change = np.abs(_image_rows(model, a) - _image_rows(model, b)).max(axis=1)
-    changed = change > 1e-5
-    # resampling kernels (bicubic, Lanczos) leave faint ringing a few pixels beyond the paint
-    changed_clearly = change > 0.05 * change.max()
-    g = a.geometry
-    boxes = g.boxes
-    has = g.has_box
-    # resampling filters spread the paint by a few processed pixels: allow a margin of a quarter
-    # token around the rectangle
-    w = boxes[:, 2] - boxes[:, 0]
-    h = boxes[:, 3] - boxes[:, 1]
-    with np.errstate(invalid="ignore"):
-        overlap_x = np.minimum(boxes[:, 2], x1) - np.maximum(boxes[:, 0], x0)
-        overlap_y = np.minimum(boxes[:, 3], y1) - np.maximum(boxes[:, 1], y0)
-        covers = has & (overlap_x > w / 4) & (overlap_y > h / 4)
-        far = has & ((overlap_x < -w / 4) | (overlap_y < -h / 4))
-    assert covers.sum() > 0 and far.sum() > 0
-    assert changed[covers].all(), f"tokens covering the paint did not change: {np.flatnonzero(covers & ~changed)}"
-    assert not changed_clearly[far].any(), f"tokens away from the paint changed: {np.flatnonzero(far & changed_clearly)}"
-    # structure tokens (markers, newlines) never depend on the pixels
-    assert not changed[~has].any()
+@pytest.fixture(scope="session")
+def eos_splitting_rows():
+    """Function ``(vlm, inp, rows, new)``: make the rows of a sweep end at different steps (see
+    ``_eos_splitting_rows``)."""
+    return _eos_splitting_rows
 
 
 @pytest.fixture(scope="session")
@@ -206,17 +156,3 @@ def noise():
 def built():
     """Factory ``family -> (model, processor)``: the tiny model of ``family`` (seed 0), built once."""
     return _built
-
-
-@pytest.fixture(scope="session")
-def make_local():
-    """Function ``model -> model``: zero the vision encoder's transformer layers in place, so each
-    image feature depends only on its own patches."""
-    return _make_local
-
-
-@pytest.fixture(scope="session")
-def assert_paint_localised():
-    """Function ``(model, processor, size, rect)``: the image tokens whose boxes cover a painted
-    rectangle change, those away from it do not (the model made local by ``make_local``)."""
-    return _assert_paint_localised

@@ -291,37 +291,7 @@ def test_record_rows_records_only_those_rows(vlm):
         vlm.generate_batch([inp, inp], max_new_tokens=2, record=spec, row_knockouts=knockouts, record_rows=[2])
 
 
-@pytest.mark.parametrize("family", tiny.MODELS)
-def test_shared_prefix_rows_equal_single_runs_in_every_family(family):
-    """The unexpanded shared prefix (and recording the baseline row only) in all nine families."""
-    model, processor = tiny.build(family)
-    vlm = VLM(model, processor, name=f"tiny-{family}")
-    inp = vlm.prepare(_image(1), prompt="describe the image")
-    configs = [c for c in sweep.knockout_configs(vlm.num_layers, stride=1, window=(1, 1)) if c.kind != "top-k"]
-    knockouts = [c.knockouts(None, inp.spans.image) for c in configs]
-    spec = Record(fractions=False, image_rows=True)
-    outs = batched.generate_rows(vlm, inp, knockouts, 6, record=spec, record_rows=[0])
-    for config, ko, out in zip(configs, knockouts, outs):
-        assert out.token_ids == vlm.generate(inp, max_new_tokens=6, knockout=ko or None).token_ids, config.name
-    alone = vlm.generate(inp, max_new_tokens=6, record=spec).recording.image_rows
-    assert np.allclose(outs[0].recording.image_rows, alone, atol=1e-6)
-    assert all(out.recording is None for out in outs[1:])
-
-
-def _eos_splitting_rows(vlm, inp, rows):
-    """An end-of-sequence id that some rows produce early and others late or never (set on the
-    model's generation config; the caller restores it)."""
-    gen_config = vlm.model.generation_config
-    gen_config.eos_token_id = None
-    free = _reference(vlm, inp, rows)
-    counts = {}
-    for ids in free:
-        for t in set(ids[1:-1]):
-            counts[t] = counts.get(t, 0) + 1
-    gen_config.eos_token_id = min(counts, key=lambda t: (abs(counts[t] - len(rows) / 2), t))
-
-
-def test_early_stop_drops_finished_rows_and_keeps_outputs(vlm):
+def test_early_stop_drops_finished_rows_and_keeps_outputs(vlm, eos_splitting_rows):
     """Rows that end leave the batch (later steps run fewer rows); ids and the recorded baseline
     row equal the single runs and the no-early-stop batch."""
     inp = vlm.prepare(_image(3))
@@ -334,7 +304,7 @@ def test_early_stop_drops_finished_rows_and_keeps_outputs(vlm):
         lambda m, a, k: sizes.append(int((k.get("inputs_embeds") if k.get("inputs_embeds") is not None
                                           else k["input_ids"]).shape[0])), with_kwargs=True)
     try:
-        _eos_splitting_rows(vlm, inp, rows)
+        eos_splitting_rows(vlm, inp, rows, NEW)
         expected = _reference(vlm, inp, rows)
         lengths = [len(ids) for ids in expected]
         assert len(set(lengths)) > 1
@@ -406,26 +376,3 @@ def test_gpu_check_runs_its_code_path_on_the_cpu(tmp_path, capsys):
     assert result["identical_ids"] and result["recording_same_output"]
     assert result["knockout_over_plain"] > 0 and result["batched_tokens_per_s"] > 0
     assert "knockout / plain" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("family", tiny.MODELS)
-def test_early_stop_rows_equal_single_runs_in_every_family(family):
-    """Rows ending at different steps leave the batch; ids equal single runs in all families."""
-    model, processor = tiny.build(family)
-    vlm = VLM(model, processor, name=f"tiny-{family}")
-    inp = vlm.prepare(_image(1), prompt="describe the image")
-    configs = [c for c in sweep.knockout_configs(vlm.num_layers, stride=1, window=(1, 1)) if c.kind != "top-k"]
-    rows = [c.knockouts(None, inp.spans.image) for c in configs]
-    saved = vlm.model.generation_config.eos_token_id
-    try:
-        _eos_splitting_rows(vlm, inp, rows)
-        expected = _reference(vlm, inp, rows)
-        got = batched.generate_rows(vlm, inp, rows, NEW, record=Record(fractions=False, image_rows=True),
-                                    record_rows=[0])
-        plain = batched.generate_rows(vlm, inp, [None] * 3, NEW)  # no intervention: the plain cache drops rows
-    finally:
-        vlm.model.generation_config.eos_token_id = saved
-    # (the tiny InternVL writes the same text under every knockout: there all rows end together)
-    assert family == "internvl" or len({len(ids) for ids in expected}) > 1
-    assert [g.token_ids for g in got] == expected
-    assert all(g.token_ids == expected[0] for g in plain)

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmnb.engine import families
+from vlmnb.engine import families, invariants
 from vlmnb.engine import spans as S
 from vlmnb.engine import tiny
+from vlmnb.engine.vlm import VLM
 
 FAMILIES = list(tiny.MODELS)
 
@@ -22,15 +23,6 @@ def prep(built):
         model, processor = built(family)
         return S.prepare(model, processor, image, prompt)
     return prepare
-
-
-@pytest.fixture(scope="module")
-def local_copy(built, make_local):
-    """Function ``family -> (model, processor)``: a copy of the tiny model, made local."""
-    def copy_of(family):
-        model, processor = built(family)
-        return make_local(copy.deepcopy(model)), processor
-    return copy_of
 
 
 # ----------------------------------------------------------------------------- known boxes
@@ -157,13 +149,18 @@ def test_internvl2_two_by_two_tiles_and_thumbnail(family, prep, noise, built):
 
 
 @pytest.mark.filterwarnings("ignore:In ps_version 'v1'")  # the checkpoints' code warns of exactly this
-def test_internvl2_pixel_shuffle_v1_order(local_copy, assert_paint_localised):
+def test_internvl2_pixel_shuffle_v1_order(built):
     """Checkpoints with ``ps_version='v1'`` leave each tile's merged grid transposed: the geometry
     lists its tokens column by column, and the painted square still finds exactly its tokens."""
-    model, processor = local_copy("internvl2")
-    model.config.ps_version = model.ps_version = "v1"
-    assert_paint_localised(model, processor, (96, 96), (60, 8, 92, 40))
-    assert_paint_localised(model, processor, (56, 40), (4, 4, 40, 16))
+    model, processor = built("internvl2")
+    local = invariants.local_vision_copy(model)
+    local.config.ps_version = local.ps_version = "v1"
+    vlm = VLM(local, processor)
+    invariants.painted_square(vlm, (96, 96), (60, 8, 92, 40))
+    invariants.painted_square(vlm, (56, 40), (4, 4, 40, 16))
+    local.config.ps_version = "v2"  # the row-major geometry does not fit a v1 model
+    with pytest.raises(invariants.InvariantBroken):
+        invariants.painted_square(vlm, (96, 96), (60, 8, 92, 40))
 
 
 def test_internvl2_tiling_rule_equals_transformers_copy_of_it():
@@ -258,9 +255,10 @@ def test_boxes_inside_image_and_views_consistent(family, size, prep, noise):
         vb = g.boxes[v.token_indices]
         assert (vb[:, 0] >= x0 - 1e-9).all() and (vb[:, 2] <= x1 + 1e-9).all()
         assert (vb[:, 1] >= y0 - 1e-9).all() and (vb[:, 3] <= y1 + 1e-9).all()
-    # every pixel is seen by at least one token of the overview (LLaVA-1.5 crops the sides away)
+    # every pixel is seen by at least one token of the overview, but where a center crop (LLaVA-1.5's)
+    # cuts the sides away
     overview = g.view()
-    corners = [(0, 0), (W - 1, H - 1)] if family != "llava" else []
+    corners = [(0, 0), (W - 1, H - 1)] if not families.get(tiny.family_of(family)).crops else []
     for x, y in corners + [(W // 2, H // 3)]:
         hits = g.token_at(x, y)
         assert set(hits) & set(overview.token_indices), (x, y)
@@ -283,33 +281,26 @@ def test_geometry_helpers(prep, noise):
         g.view("thumbnail")
 
 
-# ----------------------------------------------------------------------------- painted square, end to end
-
-
-PAINT_CASES = [((56, 40), (4, 4, 40, 16)), ((96, 96), (60, 8, 92, 40)),
-               pytest.param((40, 72), (24, 40, 40, 72), marks=pytest.mark.slow)]
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("size,rect", PAINT_CASES)
-def test_painted_region_changes_exactly_the_tokens_that_cover_it(family, size, rect, local_copy,
-                                                                 assert_paint_localised):
-    model, processor = local_copy(family)
-    assert_paint_localised(model, processor, size, rect)
+# ----------------------------------------------------------------------------- PIL backends
+# (the painted-square check of every family is in test_invariants.py)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", [m for m in FAMILIES if families.get(tiny.family_of(m)).load_remote is None])
-def test_pil_backend_processors_share_the_geometry(family, local_copy, assert_paint_localised):
+def test_pil_backend_processors_share_the_geometry(family, built):
+    # (InternVL2's processor is vlmnb's own, which resizes with PIL)
     """The PIL-backend image processors (``...ImageProcessorPil``) resize and crop like the
     torchvision ones, so the same geometry holds for them."""
     import transformers
+    from transformers.image_processing_backends import TorchvisionBackend
 
-    model, processor = local_copy(family)
+    model, processor = built(family)
     processor = copy.deepcopy(processor)
     ip = processor.image_processor
+    if not isinstance(ip, TorchvisionBackend):
+        pytest.skip(f"{type(ip).__name__} has only a PIL backend, which the painted-region tests already use")
     pil_class = getattr(transformers, type(ip).__name__ + "Pil")
     settings = {k: v for k, v in ip.to_dict().items()
                 if not k.startswith("_") and k not in ("image_processor_type", "processor_class", "backend")}
     processor.image_processor = pil_class(**settings)
-    assert_paint_localised(model, processor, (56, 40), (4, 4, 40, 16))
+    invariants.painted_square(VLM(invariants.local_vision_copy(model), processor), (56, 40), (4, 4, 40, 16))

@@ -39,19 +39,3 @@ def test_reference_sizes_token_counts_and_boxes(family, built):
         assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
         # the overview view sees the centre pixel
         assert set(g.token_at(W // 2, H // 2)) & set(g.view().token_indices)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("family", tiny.FAMILIES)
-def test_reference_sizes_painted_region_end_to_end(family, built, make_local, assert_paint_localised):
-    """A random model at the checkpoint's image sizes (tiny widths): the tokens whose boxes cover a
-    painted region are the image tokens whose embeddings change."""
-    import torch
-
-    config, proc = real_sized(built, family)
-    model_class = type(built(family)[0])  # the family's real class (InternVL2: the checkpoints' own)
-    torch.manual_seed(0)
-    model = model_class(config).eval()
-    families.get(family).init_random(model)
-    model = make_local(model)
-    assert_paint_localised(model, proc, (500, 360), (40, 200, 300, 330))

@@ -16,8 +16,9 @@ from support import add_hub_snapshot
 
 import vlmnb
 from vlmnb.engine import families, tiny
-from vlmnb.engine.families.internvl2 import CODE_ENV, RemoteCodeMissing, UnsupportedVariant, remote_code_folder
+from vlmnb.engine.families.internvl2 import CODE_ENV, UnsupportedVariant, remote_code_folder
 from vlmnb.engine.loading import RemoteCodeRequired
+from vlmnb.engine.remote import RemoteCodeMissing
 
 REMOTE = [name for name in families.NAMES if families.get(name).load_remote is not None]
 

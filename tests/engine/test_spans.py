@@ -45,7 +45,8 @@ def test_image_span_is_image_tokens_plus_structure(prepared):
     assert len(prep.geometry.boxes) == len(prep.spans.image)
     # exact structure per family: begin/end markers, or Idefics3's per-crop tags
     n_image = int((image_ids == img_id).sum())
-    n_markers = {"qwen2_vl": 2, "qwen2_5_vl": 2, "internvl": 2, "gemma3": 2, "internvl2": 2}.get(prep.family, 0)
+    n_markers = {"qwen2_vl": 2, "qwen2_5_vl": 2, "internvl": 2, "gemma3": 2, "janus": 2,
+                 "internvl2": 2}.get(prep.family, 0)
     if prep.family in ("idefics3", "smolvlm"):
         tok = processor.tokenizer
         crops = len(prep.geometry.views) - 1
@@ -53,6 +54,22 @@ def test_image_span_is_image_tokens_plus_structure(prepared):
         assert sum((image_ids == tok.convert_tokens_to_ids(f"<row_{r}_col_{c}>")).sum()
                    for r in range(1, 7) for c in range(1, 7)) == crops
         assert (image_ids == tok.convert_tokens_to_ids("<global-img>")).sum() == 1
+    elif prep.family == "mistral3":
+        # Pixtral: [IMG_BREAK] after every row of tokens but the last, [IMG_END] after the last
+        tok = processor.tokenizer
+        rows = prep.geometry.view().rows
+        assert (image_ids == tok.convert_tokens_to_ids("[IMG_BREAK]")).sum() == rows - 1
+        assert image_ids[-1] == tok.convert_tokens_to_ids("[IMG_END]")
+        assert len(image_ids) == n_image + rows
+    elif prep.family == "ovis2":  # start, thumbnail, grid, tiles with column / row separators, end
+        tok = processor.tokenizer
+        tiles = [v for v in prep.geometry.views if v.name.startswith("tile_")]
+        rows = len({v.name.split("_")[1] for v in tiles}) or 1
+        count = {t: int((image_ids == tok.convert_tokens_to_ids(t)).sum()) for t in
+                 ("<IMG_START>", "<IMG_GRID>", "<IMG_END>", "<IMG_COL>", "<IMG_ROW>")}
+        assert count == {"<IMG_START>": 1, "<IMG_GRID>": 1, "<IMG_END>": 1,
+                         "<IMG_COL>": len(tiles) - rows if tiles else 0, "<IMG_ROW>": rows - 1}
+        assert len(image_ids) == n_image + sum(count.values())
     else:
         assert len(image_ids) == n_image + n_markers
 

@@ -23,6 +23,11 @@ import os
 from vlmnb.core.errors import MissingExtra, OneLineError
 
 
+class RemoteCodeMissing(OneLineError, FileNotFoundError):
+    """The checkpoints' own code that a family's tiny model is built from is not on this machine
+    (it is a test fixture beside the repository, not part of the package)."""
+
+
 class ImageFeaturesMismatch(OneLineError, ValueError):
     """The prompt holds a different number of image tokens than the pictures give features."""
 

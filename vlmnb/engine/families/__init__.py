@@ -11,8 +11,9 @@ import it below and add it to ``_MODULES``.
 """
 from __future__ import annotations
 
-from vlmnb.engine.families import (gemma3, idefics3, internvl, internvl2, llava, llava_next, llava_onevision,
-                                   qwen2_5_vl, qwen2_vl, smolvlm)
+from vlmnb.engine.families import (deepseek_vl, gemma3, idefics3, internvl, internvl2, janus, llava, llava_next,
+                                   llava_next_video, llava_onevision, mistral3, ovis2, qwen2_5_vl, qwen2_vl,
+                                   smolvlm, video_llava, vipllava)
 from vlmnb.engine.families.base import Family
 
 # the registry, in the book's order: one line per family
@@ -23,10 +24,17 @@ _MODULES = (
     qwen2_vl,
     qwen2_5_vl,
     internvl,
+    internvl2,
     idefics3,
     smolvlm,
     gemma3,
-    internvl2,
+    mistral3,
+    vipllava,
+    llava_next_video,
+    video_llava,
+    deepseek_vl,
+    janus,
+    ovis2,
 )
 
 #: family name -> its entry

@@ -41,6 +41,8 @@ class Family:
             (:mod:`vlmnb.engine.batched`; checked for every family by tests/engine/test_batched.py).
         mrope: whether text positions are 3-D (Qwen2-VL's M-RoPE): new tokens after a
             compressed context then take the model's ``rope_deltas`` offset.
+        crops: whether the picture is center-cropped to the vision encoder's square (LLaVA-1.5), so
+            that pixels near the long sides are seen by no image token.
         hub_ids: example checkpoints on the Hugging Face hub (the book's "Supported models").
         knockout_note: what a knockout means where image tokens attend non-causally (image
             blocks attending both ways, a bidirectional prefix); empty when attention is causal.
@@ -67,6 +69,7 @@ class Family:
     placeholder: Callable[[Any], str] = image_token_placeholder
     prefix_sharing: bool = True
     mrope: bool = False
+    crops: bool = False
     hub_ids: tuple[str, ...] = ()
     knockout_note: str = ""
     reference_sizes: Callable[[Any, Any], tuple] | None = None

@@ -19,6 +19,7 @@ with an InternLM2 or Phi-3 decoder (2B, 4B, 8B, 26B) ship their own decoder code
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -31,7 +32,7 @@ from vlmnb.engine.families.base import Family
 from vlmnb.engine.geometry import Frame, Grid, vision_patch
 from vlmnb.engine.internvl2_processing import (IMG_CONTEXT, IMG_END, IMG_START, PLACEHOLDER, ChatFormat,
                                                InternVL2Processor)
-from vlmnb.engine.remote import ImageTokenModel, completed_class, remote_class
+from vlmnb.engine.remote import ImageTokenModel, RemoteCodeMissing, completed_class, remote_class
 from vlmnb.engine.tinykit import CHATML_SPECIALS, TEXT, VISION, finish, make_tokenizer, seeded
 
 #: the decoders vlmnb runs (transformers' own classes) -> the checkpoints that use them
@@ -43,10 +44,6 @@ CODE_FOLDER = Path("shared") / "third_party" / "internvl2"
 
 class UnsupportedVariant(OneLineError, ValueError):
     """An InternVL2 checkpoint whose language model vlmnb cannot run (InternLM2, Phi-3)."""
-
-
-class RemoteCodeMissing(OneLineError, FileNotFoundError):
-    """The InternVL2 remote code that the tiny model is built from is not on this machine."""
 
 
 class InternVL2Model(ImageTokenModel):
@@ -238,11 +235,25 @@ def build_tiny(seed: int, view: int, variant: str | None = None):
                 model = model_class(config, language_model=Qwen2ForCausalLM(config.llm_config))
             model, processor = ready(model, tokenizer)
         else:  # written and read back as vlmnb.load(folder, trust_remote_code=True) reads a checkpoint
-            with seeded(seed):
+            with seeded(seed), _no_progress_bars():
                 model_class(config).save_pretrained(folder)
-            model, processor = load_remote(folder, AutoConfig.from_pretrained(folder, trust_remote_code=True),
-                                           dtype=torch.float32, local_files_only=True, trust_remote_code=True)
+                model, processor = load_remote(folder, AutoConfig.from_pretrained(folder, trust_remote_code=True),
+                                               dtype=torch.float32, local_files_only=True, trust_remote_code=True)
     return finish(model, processor.tokenizer, seed), processor
+
+
+@contextlib.contextmanager
+def _no_progress_bars():
+    """transformers' weight-writing and -loading bars off (a tiny model is built in a blink)."""
+    from transformers.utils import logging
+
+    was_on = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            logging.enable_progress_bar()
 
 
 def reference_sizes(config, processor):

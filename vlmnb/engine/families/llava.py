@@ -70,5 +70,5 @@ def reference_sizes(config, processor):
     return config, LlavaProcessor(ip, tok, patch_size=14, vision_feature_select_strategy="default",
                                   num_additional_image_tokens=1, chat_template=template)
 
-FAMILY = Family(name="llava", geometry=geometry, build_tiny=build_tiny,
+FAMILY = Family(name="llava", crops=True, geometry=geometry, build_tiny=build_tiny,
                 hub_ids=("llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-13b-hf"), reference_sizes=reference_sizes)

@@ -1,0 +1,111 @@
+"""The "Supported models" page, generated from the family registry: example checkpoints (the
+paper's two models first), image tokens per picture at the reference checkpoint's settings, what
+a knockout means where image tokens attend non-causally, and which invariants
+(:mod:`vlmnb.engine.invariants`) each family's tiny model passes, measured when the page is built.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+from vlmnb.engine import families as registry
+from vlmnb.engine import invariants, tiny
+from vlmnb.engine.remote import RemoteCodeMissing
+from vlmnb.engine.spans import image_token_id, prepare
+from vlmnb.engine.vlm import VLM
+from vlmnb.experiments import paper
+
+#: the picture size image-token counts are given for (width, height)
+REFERENCE_PICTURE = (640, 480)
+MARKS = {"pass": "\u2713", "fail": "\u2717", "n/a": "n/a"}
+
+
+def image_tokens(family: str, size: tuple[int, int] = REFERENCE_PICTURE) -> int:
+    """How many image tokens a ``size`` picture becomes at the family's reference settings
+    (``Family.reference_sizes``; the image placeholder tokens, structure tokens not counted)."""
+    from PIL import Image
+
+    entry = registry.get(family)
+    model, small = tiny.build(family)
+    config, processor = entry.reference_sizes(model.config, small)
+    prepared = prepare(config, processor, Image.new("RGB", size, (128, 128, 128)), "describe the image")
+    return int((prepared.input_ids[0] == image_token_id(config)).sum())
+
+
+def _paper_rank(entry) -> int:
+    """0 for the family of the paper's main model, 1 for its second model, 2 for the others."""
+    for rank, ids in enumerate(paper.HUB_IDS.values()):
+        if set(ids) & set(entry.hub_ids):
+            return rank
+    return len(paper.HUB_IDS)
+
+
+def ordered(names: Iterable[str] | None = None) -> list[str]:
+    """Family names, the paper's models' families first, then in registry order."""
+    names = list(names or registry.NAMES)
+    unknown = [n for n in names if n not in registry.REGISTRY]
+    if unknown:
+        raise ValueError(f"unknown families {unknown}; supported: {', '.join(registry.NAMES)}")
+    return sorted(names, key=lambda n: (_paper_rank(registry.get(n)), registry.NAMES.index(n)))
+
+
+def check_family(family: str) -> list[invariants.Outcome]:
+    """Every invariant on the tiny random model of ``family``."""
+    model, processor = tiny.build(family)
+    return invariants.check(VLM(model, processor, name=f"tiny-{family}"))
+
+
+def supported_models(names: Sequence[str] | None = None, run_checks: bool = True, progress: bool = True):
+    """``(overview, checks)`` DataFrames, one row per family.
+
+    ``overview``: family, model types, example checkpoints, image tokens for a 640x480 picture,
+    what a knockout means where image attention is not causal, invariants passed. ``checks``:
+    one column per invariant (pass / fail / n/a), empty when ``run_checks`` is False.
+    """
+    import pandas as pd
+
+    from vlmnb.core.progress import progress_bar
+
+    rows, marks = [], {}
+    for name in progress_bar(ordered(names), desc="families", disable=not progress):
+        entry = registry.get(name)
+        try:
+            tokens = image_tokens(name)
+        except RemoteCodeMissing as exc:  # a tiny model built from a checkpoint's own code, absent here
+            tokens, missing = "n/a", str(exc)
+        else:
+            missing = None
+        row = {"family": name, "model types": ", ".join(entry.model_types),
+               "example checkpoints": ", ".join(entry.hub_ids),
+               "image tokens (640x480)": tokens,
+               "non-causal image attention": entry.knockout_note or "none (causal)"}
+        if run_checks and missing:
+            marks[name] = {n: MARKS["n/a"] for n in invariants.NAMES}
+            row["invariants passed"] = f"n/a: {missing}"
+        elif run_checks:
+            outcomes = check_family(name)
+            marks[name] = {o.name: MARKS[o.status] for o in outcomes}
+            passed = sum(o.passed for o in outcomes)
+            failed = [o.name for o in outcomes if o.status == "fail"]
+            row["invariants passed"] = f"{passed}/{len(outcomes)}" + (f" (failed: {', '.join(failed)})" if failed else "")
+        rows.append(row)
+    overview = pd.DataFrame(rows).set_index("family")
+    checks = pd.DataFrame.from_dict(marks, orient="index")
+    if len(checks):
+        checks.index.name = "family"
+    return overview, checks
+
+
+def statements():
+    """The invariants checked, as a DataFrame (name, what it asserts)."""
+    import pandas as pd
+
+    return pd.DataFrame([{"invariant": i.name, "asserts": i.statement} for i in invariants.INVARIANTS]).set_index(
+        "invariant")
+
+
+def outcomes_table(outcomes: Sequence[invariants.Outcome]):
+    """The outcomes of :func:`vlmnb.engine.invariants.check` as a DataFrame (status, measurement)."""
+    import pandas as pd
+
+    return pd.DataFrame([{"invariant": o.name, "status": MARKS[o.status], "measured": o.detail}
+                         for o in outcomes]).set_index("invariant")
