@@ -1,20 +1,23 @@
 """Checkpoints that ship their own modelling code (``trust_remote_code``), run like transformers' own.
 
 Some checkpoints (OpenGVLab/InternVL2-*) bring a model class written for transformers 4: a vision
-encoder and projector of their own around one of transformers' causal language models. Two things
-keep the engine from running it as it is: its ``__init__`` never calls ``post_init()``, which
-transformers 5's ``from_pretrained`` relies on, and its ``forward`` / ``generate`` are not the
-image-text-to-text interface the engine calls (a training forward that needs per-tile flags; a
-``generate`` that feeds the image through the first step only, so an uncached run loses it).
+encoder and projector of their own around one of transformers' causal language models. Three
+things keep the engine from running it as it is: its ``__init__`` never calls ``post_init()``,
+which transformers 5's ``from_pretrained`` relies on; its config does not answer
+``get_text_config()`` with the language model's config, which generation asks for (cache,
+vocabulary); and its ``forward`` / ``generate`` are not the image-text-to-text interface the
+engine calls (a training forward that needs per-tile flags; a ``generate`` that feeds the image
+through the first step only, so an uncached run loses it).
 
-:func:`completed_class` derives, from the checkpoint's own class, a class that adds both: the same
-modules, weights and code (the vision encoder, projector and language model are the checkpoint's,
-nothing of it is changed), an ``__init__`` that ends with ``post_init()``, and an
-:class:`ImageTokenModel` interface on top: ``forward`` embeds the prompt, writes the image features
-(the family's :meth:`ImageTokenModel.image_features`) at the image-token positions and calls the
-language model with them; ``generate`` is transformers' own over that ``forward``. Knockouts,
-recording and compressed contexts act on the language model, which dispatches attention through
-transformers' ``AttentionInterface`` like every other family's decoder.
+:func:`completed_class` derives, from the checkpoint's own class, a class that adds what is
+missing: the same modules, weights and code (the vision encoder, projector and language model are
+the checkpoint's, nothing of it is changed), an ``__init__`` that completes the config
+(:func:`complete_config`) and ends with ``post_init()``, and an :class:`ImageTokenModel` interface
+on top: ``forward`` embeds the prompt, writes the image features (the family's
+:meth:`ImageTokenModel.image_features`) at the image-token positions and calls the language model
+with them; ``generate`` is transformers' own over that ``forward``. Knockouts, recording and
+compressed contexts act on the language model, which dispatches attention through transformers'
+``AttentionInterface`` like every other family's decoder.
 """
 from __future__ import annotations
 
@@ -143,7 +146,8 @@ def completed_class(remote_class: type, interface: type) -> type:
     if key not in _COMPLETED:
         def __init__(self, config, *args, **kwargs):
             remote_class.__init__(self, complete_config(config, interface.text_config_name), *args, **kwargs)
-            self.post_init()
+            if "all_tied_weights_keys" not in self.__dict__:  # (set by post_init, if the code called it)
+                self.post_init()
 
         # (saved like AutoModel saves a class of a checkpoint's own code: the code files beside the weights)
         namespace = {"__init__": __init__, "__module__": remote_class.__module__,
