@@ -104,13 +104,13 @@ def test_refused_in_one_line_without_trust_remote_code(family, code, tmp_path):
     assert "\n" not in message and "trust_remote_code=True" in message and "internvl_chat" in message
 
 
+@pytest.mark.filterwarnings("ignore:`rope_scaling` is deprecated")  # (the InternLM2 config code sets it)
 def test_internlm2_decoder_is_refused_before_any_weight_is_read(code, tmp_path):
     """InternVL2-2B's config (an InternLM2 decoder, tiny sizes, no weights at all): one line naming
     the supported checkpoints."""
     config = json.loads((code / "config.internvl2-2b.json").read_text())
     config["llm_config"].update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                                 num_key_value_heads=2, vocab_size=500)
-    config["llm_config"].pop("rope_scaling")  # (transformers warns about this older name)
     config["vision_config"].update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
     folder = tmp_path / "internvl2_2b"
     folder.mkdir()
