@@ -49,8 +49,8 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	@echo "[setup] Python environment in $(VENV) (first run: a few minutes)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { echo "[setup] FAILED: creating the virtual environment with $(PYTHON)"; exit 1; }
 	@$(PY) -m pip install --quiet --upgrade pip || { echo "[setup] FAILED: upgrading pip"; exit 1; }
-	@$(PY) -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[book,test,sam]" \
-	  || { echo "[setup] FAILED: pip install $(if $(CONSTRAINTS),-c $(CONSTRAINTS) )-e .[book,test,sam]"; exit 1; }
+	@$(PY) -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[book,test,sam,timm]" \
+	  || { echo "[setup] FAILED: pip install $(if $(CONSTRAINTS),-c $(CONSTRAINTS) )-e .[book,test,sam,timm]"; exit 1; }
 	@touch $@
 	@echo "[setup] done"
 

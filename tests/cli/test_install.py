@@ -95,7 +95,7 @@ def test_constraints_pin_what_make_installs():
         assert name in pins, f"constraints.txt does not pin {name}"
     makefile = (REPO / "Makefile").read_text()
     assert "CONSTRAINTS ?= constraints.txt" in makefile and "-c $(CONSTRAINTS)" in makefile
-    assert '".[book,test,sam]"' in makefile
+    assert '".[book,test,sam,timm]"' in makefile
 
 
 def _local_wheel(name: str, version: str) -> Path | None:

@@ -27,6 +27,8 @@ OTHER_FAMILY = {
 # families added later run chapters 1 and 2 too, each for a structure the first five lack
 NEW_FAMILIES = (
     "mistral3",          # Pixtral: row-break markers inside the image span
+    "qwen3_vl",          # DeepStack features added inside the decoder, interleaved M-RoPE
+    "paligemma",         # no chat template, a bidirectional image + prompt prefix
     "internvl2",         # the paper's InternVL2: the checkpoints' own code (trust_remote_code=True)
 )
 

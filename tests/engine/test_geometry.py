@@ -226,6 +226,26 @@ def test_gemma3_square_resize_and_pooled_tokens(prep, noise, built):
     assert (ids == S.image_token_id(model.config)).sum() == model.config.mm_tokens_per_image
 
 
+def test_idefics2_learned_queries_carry_their_pictures_box(prep, noise):
+    # 57x41, split at x = 28, y = 20: quarter 1_1 is 29x21, raised to 32x32 (shortest edge), all
+    # seen; the whole image stays 57x41 and the 4 px patches see 56x40 of it
+    p = prep("idefics2", noise(57, 41))
+    g = p.geometry
+    assert [v.name for v in g.views] == ["crop_0_0", "crop_0_1", "crop_1_0", "crop_1_1", "global"]
+    assert all(v.whole_view and v.rows * v.cols == 16 for v in g.views)
+    quarter, whole = g.view("crop_1_1"), g.view()
+    assert whole.name == "global" and np.allclose(whole.region, (0, 0, 56, 40))
+    assert np.allclose(quarter.region, (28, 20, 57, 41)) and np.allclose(g.boxes[quarter.token_indices], quarter.region)
+    # a pixel is seen by every query of each picture holding it; the last column by no global query
+    assert g.token_at(30, 25) == sorted(quarter.token_indices.tolist() + whole.token_indices.tolist())
+    assert g.token_at(56, 10) == g.view("crop_0_1").token_indices.tolist()
+    # painted, a whole-view view shows the mean of its tokens over its region
+    values = np.arange(len(g.boxes), dtype=float)
+    painted = g.paint(values, view="crop_1_1")
+    assert np.isnan(painted[:20]).all() and np.isnan(painted[:, :28]).all()
+    assert np.allclose(painted[20:, 28:], values[quarter.token_indices].mean())
+
+
 # ----------------------------------------------------------------------------- generic properties
 
 
@@ -243,8 +263,12 @@ def test_boxes_inside_image_and_views_consistent(family, size, prep, noise):
     # every token with a box is in exactly one view; views' tokens have boxes
     counted = np.concatenate([v.token_indices for v in g.views])
     assert sorted(counted) == sorted(np.flatnonzero(ok))
-    # each view's grid is laid out left-to-right, top-to-bottom in its region
+    # each view's grid is laid out left-to-right, top-to-bottom in its region; a whole-view
+    # view's tokens (learned queries pooling the whole picture) all carry its region
     for v in g.views:
+        if v.whole_view:
+            assert np.allclose(g.boxes[v.token_indices], v.region)
+            continue
         centers = g.centers()
         grid_x = g.to_grid(centers[:, 0], view=v.name)
         grid_y = g.to_grid(centers[:, 1], view=v.name)
@@ -297,9 +321,9 @@ def test_pil_backend_processors_share_the_geometry(family, built):
     model, processor = built(family)
     processor = copy.deepcopy(processor)
     ip = processor.image_processor
-    if not isinstance(ip, TorchvisionBackend):
-        pytest.skip(f"{type(ip).__name__} has only a PIL backend, which the painted-region tests already use")
-    pil_class = getattr(transformers, type(ip).__name__ + "Pil")
+    pil_class = getattr(transformers, type(ip).__name__ + "Pil", None)
+    if not isinstance(ip, TorchvisionBackend) or pil_class is None:
+        pytest.skip(f"{type(ip).__name__} has one backend only, which the painted-region tests already use")
     settings = {k: v for k, v in ip.to_dict().items()
                 if not k.startswith("_") and k not in ("image_processor_type", "processor_class", "backend")}
     processor.image_processor = pil_class(**settings)

@@ -33,6 +33,26 @@ def test_invariant_holds_for_every_family(family_vlm, name):
     assert outcome.status == "pass", f"{family_vlm.family}: {outcome.detail}"
 
 
+def _moe_builders():
+    """``build_tiny_moe`` of the family modules that have one (a mixture-of-experts variant whose
+    model_type the family's entry also covers)."""
+    import importlib
+
+    modules = [importlib.import_module(f"vlmnb.engine.families.{name}") for name in FAMILIES]
+    return [pytest.param(m.build_tiny_moe, id=m.FAMILY.name) for m in modules if hasattr(m, "build_tiny_moe")]
+
+
+@pytest.mark.parametrize("build", _moe_builders())
+def test_moe_variants_keep_the_family_invariants(build):
+    """A family's mixture-of-experts variant is detected as the family and passes every check."""
+    model, processor = build(0, tiny.DEFAULT_VIEW)
+    vlm = VLM(model, processor, name="tiny-moe")
+    model_type = model.config.model_type
+    assert model_type != vlm.family and model_type in families.get(vlm.family).model_types
+    broken = [(o.name, o.detail) for o in invariants.check(vlm) if not o.passed]
+    assert not broken
+
+
 # ----------------------------------------------------------------------------- the checks can fail
 
 

@@ -19,14 +19,16 @@ def prepared(request, built, noise):
 
 
 def test_spans_partition_the_prompt(prepared):
-    prep, _, _ = prepared
+    prep, model, _ = prepared
     n = prep.input_ids.shape[1]
     s = prep.spans
     joined = np.concatenate([s.system, s.image, s.query])
     assert np.array_equal(joined, np.arange(n))
     assert len(s.generated) == 0
     assert s.prompt_length == n
-    assert all(len(s.positions(name)) > 0 for name in ("system", "image", "query"))
+    assert len(s.image) > 0 and len(s.query) > 0
+    # only a prompt that starts with the image (PaliGemma's, image tokens before the BOS) has no system span
+    assert len(s.system) > 0 or prep.input_ids[0, 0] == S.image_token_id(model.config)
 
 
 def test_image_span_is_image_tokens_plus_structure(prepared):
@@ -45,8 +47,8 @@ def test_image_span_is_image_tokens_plus_structure(prepared):
     assert len(prep.geometry.boxes) == len(prep.spans.image)
     # exact structure per family: begin/end markers, or Idefics3's per-crop tags
     n_image = int((image_ids == img_id).sum())
-    n_markers = {"qwen2_vl": 2, "qwen2_5_vl": 2, "internvl": 2, "gemma3": 2, "janus": 2,
-                 "internvl2": 2}.get(prep.family, 0)
+    n_markers = {"qwen2_vl": 2, "qwen2_5_vl": 2, "qwen3_vl": 2, "internvl": 2, "gemma3": 2, "janus": 2,
+                 "glm4v": 2, "got_ocr2": 2, "internvl2": 2}.get(prep.family, 0)
     if prep.family in ("idefics3", "smolvlm"):
         tok = processor.tokenizer
         crops = len(prep.geometry.views) - 1
@@ -70,6 +72,17 @@ def test_image_span_is_image_tokens_plus_structure(prepared):
         assert count == {"<IMG_START>": 1, "<IMG_GRID>": 1, "<IMG_END>": 1,
                          "<IMG_COL>": len(tiles) - rows if tiles else 0, "<IMG_ROW>": rows - 1}
         assert len(image_ids) == n_image + sum(count.values())
+    elif prep.family in ("idefics2", "aya_vision", "cohere2_vision"):
+        # the structure tokens, in order, and one run of image tokens per picture between them
+        views = len(prep.geometry.views)
+        expected = {
+            "idefics2": "<fake_token_around_image>" * (views + 1),
+            "aya_vision": "<|START_OF_IMG|>" + "".join(f"TILE_{i}" for i in range(1, views)) + "TILE_GLOBAL<|END_OF_IMG|>",
+            "cohere2_vision": "<|START_OF_IMG|>" + "<|IMG_LINE_BREAK|>" * views + "<|END_OF_IMG|>",
+        }[prep.family]
+        assert "".join(processor.tokenizer.convert_ids_to_tokens(image_ids[structure].tolist())) == expected
+        runs = np.flatnonzero(np.diff(np.concatenate([[0], (~structure).astype(int), [0]])) == 1)
+        assert len(runs) == views and n_image % views == 0
     else:
         assert len(image_ids) == n_image + n_markers
 
@@ -82,10 +95,10 @@ def test_query_holds_the_prompt_words_and_the_generation_prompt(prepared):
     system = tok.decode(prep.input_ids[0, prep.spans.system])
     assert "describe" not in system
     # the template's text after the user's words (end of turn, assistant role) ends the query
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "QQ"}]}]
-    rendered = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    # (a processor without a chat template renders nothing after them)
+    rendered = S.render_prompt(processor, "QQ", prep.family)
     tail = rendered[rendered.rindex("QQ") + 2:]
-    assert tail.strip()
+    assert tail.strip() or not processor.chat_template
     assert query.rstrip().endswith(tail.strip())
 
 
@@ -168,6 +181,20 @@ def test_fallback_prompt_without_chat_template(built, noise):
     assert "what colour is it" in processor.tokenizer.decode(prep.input_ids[0, prep.spans.query])
 
 
+def test_paligemma_prompt_is_image_then_bos_then_text(built, noise):
+    """PaliGemma's processor has no chat template: the image tokens come first, then the BOS, the
+    text and a newline (its real prompt format), and no training labels reach the inputs."""
+    model, processor = built("paligemma")
+    prep = S.prepare(model, processor, noise(32, 32), "caption en")
+    tok = processor.tokenizer
+    ids = prep.input_ids[0].tolist()
+    n = len(prep.spans.image)
+    assert prep.text == "<image>caption en" and len(prep.spans.system) == 0
+    assert ids[:n] == [S.image_token_id(model.config)] * n and ids[n] == tok.bos_token_id
+    assert tok.decode(ids[n + 1:]) == "caption en\n"
+    assert "labels" not in prep.inputs and prep.token_type_ids.sum() == 0
+
+
 def test_to_casts_floating_inputs_only(built, noise):
     import torch
 
@@ -177,3 +204,16 @@ def test_to_casts_floating_inputs_only(built, noise):
     assert moved.pixel_values.dtype == torch.float64 and moved.input_ids.dtype == prep.input_ids.dtype
     assert prep.pixel_values.dtype == torch.float32
     assert moved.spans is prep.spans and moved.geometry is prep.geometry
+
+
+@pytest.mark.parametrize("family", ["got_ocr2"])
+def test_untemplated_prompt_is_the_checkpoints_own_format(family, built):
+    """Checkpoints without a chat template get their family's own prompt format: the same text
+    as the tiny processor's template, which writes the real format."""
+    import copy
+
+    _, processor = built(family)
+    bare = copy.deepcopy(processor)
+    bare.chat_template = None
+    assert S.render_prompt(bare, "describe the image", family) == \
+        S.render_prompt(processor, "describe the image", family)

@@ -50,3 +50,4 @@ def test_outcomes_table_shows_status_and_measurement():
     assert table.loc["geometry", "status"] == supported.MARKS["fail"]
     assert table.loc["own_generate", "measured"] == "8 tokens identical"
     assert list(supported.statements().index) == list(invariants.NAMES)
+

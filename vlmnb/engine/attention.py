@@ -15,6 +15,7 @@ returning what a transformers attention function returns: ``(output, weights)``.
 """
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 #: the name knockouts and recording run under
@@ -56,16 +57,39 @@ def handlers() -> dict[Any, tuple[Any, int]]:
     return dict(_HANDLERS)
 
 
-def dispatch(module, query, key, value, attention_mask, **kwargs):
-    """The registered attention function: the handler of ``module``, or plain SDPA (exactly the
-    stock ``"sdpa"`` implementation) for a module no open swap covers."""
+def stock_attention(module, query, key, value, attention_mask, **kwargs):
+    """What transformers itself computes for one layer: the stock ``"sdpa"`` implementation, or, for
+    a layer with attention-logit soft-capping (Gemma 2, which SDPA cannot run and transformers runs
+    eagerly), the eager attention of the layer's own modelling module, on the same mask made
+    additive as transformers' eager mask builder makes it. Returns ``(output, weights or None)``."""
+    import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if kwargs.get("softcap") is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    eager = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if eager is None:
+        raise NotImplementedError(f"{type(module).__name__} soft-caps its attention logits but its module has no "
+                                  "eager_attention_forward to run that with")
+    q_len, kv_len = query.shape[2], key.shape[2]
+    mask = attention_mask
+    if mask is None and q_len > 1 and getattr(module, "is_causal", True):  # plain causal, the new rows last
+        q_pos = torch.arange(kv_len - q_len, kv_len, device=query.device)
+        mask = (torch.arange(kv_len, device=query.device)[None, :] <= q_pos[:, None])[None, None]
+    if mask is not None and mask.dtype == torch.bool:
+        mask = torch.where(mask, torch.zeros((), device=mask.device, dtype=query.dtype), torch.finfo(query.dtype).min)
+    kwargs.pop("is_causal", None)
+    return eager(module, query, key, value, mask, **kwargs)
+
+
+def dispatch(module, query, key, value, attention_mask, **kwargs):
+    """The registered attention function: the handler of ``module``, or :func:`stock_attention`
+    (exactly transformers' own implementation) for a module no open swap covers."""
     entry = _HANDLERS.get(module)
     if entry is None:
         if hasattr(key, "materialize"):  # a shared-prefix cache outside an intervention
             key, value = key.materialize(), value.materialize()
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        return stock_attention(module, query, key, value, attention_mask, **kwargs)
     handler, layer = entry
     return handler.attend(layer, module, query, key, value, attention_mask, **kwargs)
 

@@ -29,8 +29,8 @@ builder cannot express, so during :meth:`CompressedContext.ask` the text decoder
 through vlmnb's attention function registered under ``"vlmnb_compressed"`` (the same swap and
 restore as interventions, :class:`~vlmnb.engine.attention.AttentionSwap`), which hands each layer
 to the ask's state. It builds each layer's mask from that layer's key and query lengths
-(and the original positions, for sliding-window layers) and calls torch SDPA exactly like
-the stock ``"sdpa"`` implementation.
+(and the original positions, for sliding-window layers) and attends exactly like transformers'
+own implementation (:func:`~vlmnb.engine.attention.stock_attention`).
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from vlmnb.engine import families
-from vlmnb.engine.attention import AttentionSwap
+from vlmnb.engine.attention import AttentionSwap, stock_attention
 from vlmnb.engine.record import Record
 from vlmnb.engine.spans import render_prompt
 from vlmnb.engine.topk import topk_dropped
@@ -71,7 +71,6 @@ class _AskState:
         The model still builds one mask for layer 0's lengths; it is ignored here.
         """
         import torch
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         q_len, kv_len = query.shape[2], key.shape[2]
         kept = self.positions[layer]
@@ -92,7 +91,7 @@ class _AskState:
                 mask &= key_pos[None, :] > q_pos[:, None] - int(window)
             mask = mask[None, None]
         kwargs.pop("is_causal", None)
-        return sdpa_attention_forward(module, query, key, value, mask, is_causal=False, **kwargs)
+        return stock_attention(module, query, key, value, mask, is_causal=False, **kwargs)
 
 
 @contextmanager
@@ -330,7 +329,7 @@ class CompressedContext:
     def _position_ids(self, start: int, n: int):
         import torch
 
-        pos = torch.arange(start, start + n, device=self.vlm.device)
+        pos = torch.arange(start, start + n, device=self.vlm.device) + families.get(self.vlm.family).position_offset
         if self.rope_delta is not None:
             return (pos + self.rope_delta).view(1, 1, -1).expand(3, 1, -1)
         return pos.view(1, -1)

@@ -7,7 +7,9 @@ original pixels; a :class:`Grid` lays a token grid over a frame; the ``*_by_*`` 
 / ``pad_to_square`` helpers mirror the torchvision backend of transformers' image processors.
 A family's geometry function returns one entry per image feature, in the model's feature order:
 ``(grid, row, col)`` or None for a feature that sees no patch (CLS, learned newline);
-:func:`lay_out` places those entries on the image span.
+:func:`lay_out` places those entries on the image span. A grid marked ``whole_view`` holds
+features that each pool the whole view (the learned queries of a perceiver resampler): every one
+of them gets the view's box, so a painted detail is seen by all of them and by no other view's.
 """
 from __future__ import annotations
 
@@ -21,11 +23,13 @@ class View:
     """One picture the vision encoder saw, as a grid of image tokens.
 
     ``name``: ``"image"`` (single view), ``"base"`` / ``"highres"`` (LLaVA-NeXT/OneVision),
-    ``"tile_r_c"`` / ``"thumbnail"`` (InternVL), ``"crop_r_c"`` / ``"global"``
-    (Idefics3/SmolVLM). ``tokens[r, c]`` is the index into the image span (and into
+    ``"tile_r_c"`` / ``"thumbnail"`` (InternVL, Aya Vision, Command A Vision), ``"crop_r_c"`` /
+    ``"global"`` (Idefics3/SmolVLM, Idefics2). ``tokens[r, c]`` is the index into the image span (and into
     :attr:`Geometry.boxes`) of the token at grid cell ``(r, c)``, or -1 where the cell has no
     token. ``region`` is the box of the original image that the view covers
-    ``(x0, y0, x1, y1)``.
+    ``(x0, y0, x1, y1)``. ``whole_view``: every token of the view pools the whole view (learned
+    queries of a resampler, e.g. Idefics2's perceiver): each one's box is ``region`` and the
+    ``rows x cols`` arrangement is the tokens' order, not a layout in the picture.
     """
 
     name: str
@@ -33,6 +37,7 @@ class View:
     cols: int
     tokens: np.ndarray
     region: tuple[float, float, float, float]
+    whole_view: bool = False
 
     @property
     def token_indices(self) -> np.ndarray:
@@ -117,7 +122,8 @@ class Geometry:
     def paint(self, values, view: str | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
         """Paint a per-token value onto the original image plane (``(H, W)`` array, NaN where no
         token of the view looks), e.g. to overlay an attention map on the image. ``size=(w, h)``
-        paints at a reduced resolution."""
+        paints at a reduced resolution. A ``whole_view`` view paints the mean of its tokens' values
+        over its region (its tokens share that box)."""
         values = np.asarray(values, dtype=float).reshape(-1)
         if len(values) != len(self.boxes):
             raise ValueError(f"expected {len(self.boxes)} values (one per image-span token), got {len(values)}")
@@ -125,7 +131,12 @@ class Geometry:
         w, h = size or (W, H)
         sx, sy = w / W, h / H
         out = np.full((h, w), np.nan)
-        for i in self.view(view).token_indices:
+        v = self.view(view)
+        indices = v.token_indices
+        if v.whole_view and len(indices):
+            values = values.copy()
+            values[indices] = np.mean(values[indices])
+        for i in indices:
             x0, y0, x1, y1 = self.boxes[i]
             if np.isnan(x0):
                 continue
@@ -169,7 +180,8 @@ class Frame:
 @dataclass
 class Grid:
     """A view under construction: ``rows x cols`` cells of ``cell_w x cell_h`` picture pixels
-    starting at ``(u0, v0)`` in ``frame``."""
+    starting at ``(u0, v0)`` in ``frame``. With ``whole_view`` every cell's box is the whole
+    grid's (features that each pool the whole view; the cells only order them)."""
 
     name: str
     frame: Frame
@@ -179,9 +191,16 @@ class Grid:
     cell_h: float
     u0: float = 0.0
     v0: float = 0.0
+    whole_view: bool = False
+
+    def extent(self):
+        """The original-image box of the whole grid."""
+        return self.frame.box(self.u0, self.v0, self.u0 + self.cols * self.cell_w, self.v0 + self.rows * self.cell_h)
 
     def cell_box(self, r: int, c: int):
-        """The original-image box of cell ``(r, c)``."""
+        """The original-image box of cell ``(r, c)`` (the whole grid's for a ``whole_view`` grid)."""
+        if self.whole_view:
+            return self.extent()
         u = self.u0 + c * self.cell_w
         v = self.v0 + r * self.cell_h
         return self.frame.box(u, v, u + self.cell_w, v + self.cell_h)
@@ -241,9 +260,9 @@ def lay_out(family: str, entries: list, image_size: tuple[int, int], span_ids: n
         grid_tokens[key][r, c] = slot
     views = []
     for key, grid in grids.items():
-        region = clip_box(grid.frame.box(grid.u0, grid.v0, grid.u0 + grid.cols * grid.cell_w,
-                                         grid.v0 + grid.rows * grid.cell_h), W, H)
-        views.append(View(grid.name, grid.rows, grid.cols, grid_tokens[key], tuple(float(v) for v in region)))
+        region = clip_box(grid.extent(), W, H)
+        views.append(View(grid.name, grid.rows, grid.cols, grid_tokens[key], tuple(float(v) for v in region),
+                          whole_view=grid.whole_view))
     return Geometry(image_size=(int(W), int(H)), boxes=boxes, views=views)
 
 

@@ -2,8 +2,9 @@
 
 :meth:`VLM.intervene <vlmnb.engine.vlm.VLM.intervene>` returns one. While it is open the text
 decoder attends through vlmnb's registered attention function (:mod:`vlmnb.engine.attention`),
-which hands every decoder layer to :meth:`Intervention.attend`. There every layer calls torch SDPA
-exactly as the stock ``"sdpa"`` implementation does; a layer with an active knockout first adds
+which hands every decoder layer to :meth:`Intervention.attend`. There every layer attends exactly
+as transformers' own implementation does (:func:`~vlmnb.engine.attention.stock_attention`: SDPA, or
+the eager attention of a soft-capped layer); a layer with an active knockout first adds
 its blocked (query, key) pairs to the model's own mask, and a recorded layer additionally
 recomputes the softmax of the few query rows it records.
 
@@ -19,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vlmnb.core.vocab import SPAN_NAMES
-from vlmnb.engine.attention import ATTENTION_NAME, AttentionSwap
+from vlmnb.engine.attention import ATTENTION_NAME, AttentionSwap, stock_attention
 from vlmnb.engine.knockout import (Knockout, KnockoutPlan, RowLayout, as_knockout_list, check_spans, resolve_layers,
                                    span_positions)
 from vlmnb.engine.record import Record, Recorder, Recording
@@ -249,10 +250,8 @@ class Intervention:
         self._mask_cache = {}
 
     def attend(self, layer, module, query, key, value, attention_mask, **kwargs):
-        """Attention of decoder ``layer`` (called by the registered attention function): SDPA on
-        the model's mask plus this layer's knockouts; recorded rows are reduced on the way."""
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
+        """Attention of decoder ``layer`` (called by the registered attention function): the stock
+        attention on the model's mask plus this layer's knockouts; recorded rows are reduced on the way."""
         self._calls += 1
         if (self.plan is not None or self.recorder is not None) and query.shape[0] != len(self._rows):
             raise RuntimeError(f"the model runs {query.shape[0]} sequences for {len(self._rows)} prepared "
@@ -284,7 +283,7 @@ class Intervention:
                         weights = weights[self._record_rows]
                     recorder.observe(layer, weights, k_start, r_start - recorder.first)
             return out, None
-        out, _ = sdpa_attention_forward(module, query, key, value, mask, **kwargs)
+        out, _ = stock_attention(module, query, key, value, mask, **kwargs)
         if recorder is not None and recorder.wants(layer):
             r_start, r_stop = recorder.rows_of(q_start, q_end + 1)
             if r_start < r_stop:

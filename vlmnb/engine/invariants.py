@@ -303,22 +303,57 @@ def compression(vlm) -> str:
 def local_vision_copy(model):
     """A copy of ``model`` whose vision encoder's transformer layers are the identity (their
     linear maps zeroed), so that each image feature depends only on its own patches (patch
-    embedding, merging, pooling and projection stay); NotApplicable without one such layer list."""
+    embedding, merging, pooling and projection stay); convolutions that merge neighbouring
+    positions (GOT-OCR2's stride-2 projector, FastVLM's convolutional encoder) keep only the taps
+    over their own stride cell, and squeeze-and-excitation gates are held constant.
+    NotApplicable without a layer list or such a convolution."""
     torch = _torch()
     model = copy.deepcopy(model)
     # (Video-LLaVA has two encoders, ``image_tower`` and ``video_tower``)
     lists = [module for name, module in model.named_modules()
              if isinstance(module, torch.nn.ModuleList) and any(w in name for w in ("vision", "visual", "_tower"))
              and name.rsplit(".", 1)[-1] in ("layers", "layer", "blocks")]
-    if not lists:
-        raise NotApplicable("found no vision encoder layer list to make local")
     for layers in lists:
         for sub in layers.modules():
             if isinstance(sub, torch.nn.Linear):
                 torch.nn.init.zeros_(sub.weight)
                 if sub.bias is not None:
                     torch.nn.init.zeros_(sub.bias)
+    cut = 0
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
+            cut += keep_own_cell(module)
+        elif type(module).__name__ in ("SEModule", "EffectiveSEModule"):
+            # timm's squeeze-and-excitation scales every position by a function of the global mean
+            gate = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+            torch.nn.init.zeros_(gate.weight)
+            if gate.bias is not None:
+                torch.nn.init.zeros_(gate.bias)
+    if not lists and not cut:
+        raise NotApplicable("found no vision encoder layer list or merging convolution to make local")
     return model
+
+
+def keep_own_cell(conv) -> bool:
+    """Zero the taps of convolution ``conv`` outside its stride cell, so that output ``j`` reads
+    inputs ``[j * stride, (j + 1) * stride)`` only, and scale the kept taps up so that a random
+    convolution keeps its output's variance; a no-op for a patch embedding (kernel = stride).
+    Whether any tap was cut."""
+    torch = _torch()
+    dims = len(conv.kernel_size)
+    padding = conv.padding
+    if isinstance(padding, str):  # "valid", or "same" (stride 1)
+        padding = tuple(0 if padding == "valid" else (k - 1) // 2 for k in conv.kernel_size)
+    mask = torch.ones(conv.kernel_size, dtype=torch.bool)
+    for d, (k, s, p) in enumerate(zip(conv.kernel_size, conv.stride, padding)):
+        taps = torch.arange(k)
+        shape = [1] * dims
+        shape[d] = k
+        mask &= ((taps >= p) & (taps < p + s)).reshape(shape)
+    scale = (mask.numel() / mask.sum()) ** 0.5
+    with torch.no_grad():
+        conv.weight.mul_(mask.to(conv.weight.dtype) * scale.to(conv.weight.dtype))
+    return not bool(mask.all())
 
 
 def image_embeddings(vlm, prepared) -> np.ndarray:
@@ -357,6 +392,10 @@ def painted_square(vlm, size=(56, 40), rect=(4, 4, 40, 16)) -> str:
     g = a.geometry
     boxes, has = g.boxes, g.has_box
     w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    for v in g.views:  # a whole-view token (a learned query pooling the picture): its share of the view
+        if v.whole_view:
+            w[v.token_indices] = (v.region[2] - v.region[0]) / v.cols
+            h[v.token_indices] = (v.region[3] - v.region[1]) / v.rows
     with np.errstate(invalid="ignore"):  # a quarter-token margin for the resampling filters
         overlap_x = np.minimum(boxes[:, 2], x1) - np.maximum(boxes[:, 0], x0)
         overlap_y = np.minimum(boxes[:, 3], y1) - np.maximum(boxes[:, 1], y0)

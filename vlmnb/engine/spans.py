@@ -7,10 +7,12 @@
   to the ``image``, to the user's ``query`` and (after generation) to the ``generated`` text;
 * :class:`~vlmnb.engine.geometry.Geometry` -- for every token of the image span, the box of the
   *original* image (in its own pixels) that the token sees, for every supported family: one
-  resized / cropped square (LLaVA-1.5, Gemma3), anyres base image + high-resolution grid with
-  newline tokens (LLaVA-NeXT, LLaVA-OneVision), a dynamic grid of merged patches (Qwen2-VL,
-  Qwen2.5-VL), tiles + thumbnail (InternVL) and crops + global image (Idefics3, SmolVLM). Each
-  family's geometry and markers live in its registry entry (:mod:`vlmnb.engine.families`).
+  resized / cropped square (LLaVA-1.5, Gemma3, PaliGemma), anyres base image + high-resolution
+  grid with newline tokens (LLaVA-NeXT, LLaVA-OneVision), a dynamic grid of merged patches
+  (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, GLM-4.1V), tiles + thumbnail (InternVL, Aya Vision, Command A
+  Vision), crops + global image (Idefics3, SmolVLM) and learned queries that each pool a whole
+  picture (Idefics2: every one gets its picture's box). Each family's geometry and markers live in its registry entry
+  (:mod:`vlmnb.engine.families`).
 
 Span rule (the same for every family)
 -------------------------------------
@@ -19,7 +21,7 @@ Span rule (the same for every family)
 ``image``
     every token that stands for the image: the image (placeholder) tokens *and* the image
     structure tokens the processor or the template put around and between them -- begin/end of
-    image markers (``<|vision_start|>``, ``<img>``, ``<start_of_image>``,
+    image markers (``<|vision_start|>``, ``<|begin_of_image|>``, ``<img>``, ``<start_of_image>``,
     ``<fake_token_around_image>``), ``<row_i_col_j>`` and ``<global-img>`` tags, the text
     newlines between rows of crops, and LLaVA-NeXT/OneVision's learned newline tokens. The span
     runs from the first to the last such token. Structure tokens carry no patch: their
@@ -176,15 +178,16 @@ def render_prompt(processor, prompt: str, family: str) -> str:
     A prompt that already contains the processor's image placeholder (``<image>``,
     ``<|image_pad|>``, ...) is used verbatim. Otherwise, with a chat template: one user turn
     holding the image then the text, ``add_generation_prompt=True``. Without a chat template the
-    fallback is ``"<placeholder>\\n<prompt>"``.
+    family's own format (its entry's ``untemplated``; usually ``"<placeholder>\\n<prompt>"``).
     """
-    placeholder = families.get(family).image_placeholder(processor)
+    entry = families.get(family)
+    placeholder = entry.image_placeholder(processor)
     if placeholder and placeholder in prompt:
         return prompt
     if getattr(processor, "chat_template", None):
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
         return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return f"{placeholder}\n{prompt}"
+    return entry.untemplated(placeholder, prompt)
 
 
 def prepare(model, processor, image, prompt: str, family: str | None = None) -> Prepared:
@@ -211,7 +214,8 @@ def prepare(model, processor, image, prompt: str, family: str | None = None) -> 
     if bos is not None and text.startswith(bos):
         call_kwargs["add_special_tokens"] = False  # the template already wrote BOS
     encoded = processor(images=[pil], text=[text], return_tensors="pt", **call_kwargs)
-    inputs = dict(encoded)
+    # ``labels`` is a training target, not an input (PaliGemma's processor returns one with every prompt)
+    inputs = {k: v for k, v in encoded.items() if k != "labels"}
     ids = inputs["input_ids"]
     if ids.shape[0] != 1:
         raise ValueError(f"expected a batch of one, got input_ids of shape {tuple(ids.shape)}")

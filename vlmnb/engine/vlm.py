@@ -21,6 +21,7 @@ import numpy as np
 
 from vlmnb.core.images import load_image
 from vlmnb.core.usage import UsageError
+from vlmnb.engine import families
 from vlmnb.engine import spans as spans_module
 from vlmnb.engine.intervention import Intervention, input_ids_of
 from vlmnb.engine.knockout import Knockout, span_positions
@@ -323,7 +324,9 @@ class VLM:
         prompt = int(inputs["input_ids"].shape[1])
         cont = [] if continuation_ids is None else [int(t) for t in continuation_ids]
         if cont:
-            inputs = append_tokens(inputs, torch.tensor([cont], device=self.device))
+            entry = families.REGISTRY.get(self.family)
+            inputs = append_tokens(inputs, torch.tensor([cont], device=self.device),
+                                   token_type=entry.generated_token_type if entry is not None else 0)
         total = prompt + len(cont)
         with self._run(knockout, record) as iv:
             if iv is not None:
@@ -393,14 +396,16 @@ def _collate(inps: Sequence[Any], pad_id: int) -> tuple[dict, list[int]]:
     return out, pads
 
 
-def append_tokens(inputs: dict, tokens) -> dict:
-    """``inputs`` (a batch) with ``tokens`` (B, n) appended: ids, and ones / zeros in the masks."""
+def append_tokens(inputs: dict, tokens, token_type: int = 0) -> dict:
+    """``inputs`` (a batch) with ``tokens`` (B, n) appended: ids, ones in the attention mask, zeros
+    in ``mm_token_type_ids`` and ``token_type`` in ``token_type_ids`` (the family's
+    ``generated_token_type``: what the model's ``generate`` appends for new tokens)."""
     import torch
 
     out = dict(inputs)
     n = tokens.shape[1]
     out["input_ids"] = torch.cat([inputs["input_ids"], tokens], dim=1)
-    for key, fill in (("attention_mask", 1), ("token_type_ids", 0), ("mm_token_type_ids", 0)):
+    for key, fill in (("attention_mask", 1), ("token_type_ids", token_type), ("mm_token_type_ids", 0)):
         if key in inputs and inputs[key] is not None:
             v = inputs[key]
             out[key] = torch.cat([v, torch.full((v.shape[0], n), fill, dtype=v.dtype, device=v.device)], dim=1)

@@ -86,10 +86,14 @@ def image_heatmap(ax, image, geometry, values, *, view: int | None = None, alpha
     keep = np.isfinite(boxes).all(axis=1)
     if view is not None and getattr(geometry, "views", None):
         keep &= np.isin(np.arange(len(boxes)), np.asarray(geometry.views[view].tokens).ravel())
+    drawn = values.copy()
+    for v in getattr(geometry, "views", None) or []:  # tokens that pool a whole view share its box: show their mean
+        if getattr(v, "whole_view", False) and len(v.token_indices):
+            drawn[v.token_indices] = np.mean(values[v.token_indices])
     heat = np.full((h, w), np.nan)
     for i in np.flatnonzero(keep):
         x0, y0, x1, y1 = boxes[i]
-        heat[int(max(y0, 0)):int(np.ceil(min(y1, h))), int(max(x0, 0)):int(np.ceil(min(x1, w)))] = values[i]
+        heat[int(max(y0, 0)):int(np.ceil(min(y1, h))), int(max(x0, 0)):int(np.ceil(min(x1, w)))] = drawn[i]
     ax.imshow(img)
     ax.imshow(np.ma.masked_invalid(heat), cmap=cmap, alpha=alpha, extent=(0, w, h, 0))
     if mask is not None:

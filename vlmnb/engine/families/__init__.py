@@ -11,9 +11,10 @@ import it below and add it to ``_MODULES``.
 """
 from __future__ import annotations
 
-from vlmnb.engine.families import (deepseek_vl, gemma3, idefics3, internvl, internvl2, janus, llava, llava_next,
-                                   llava_next_video, llava_onevision, mistral3, ovis2, qwen2_5_vl, qwen2_vl,
-                                   smolvlm, video_llava, vipllava)
+from vlmnb.engine.families import (aya_vision, cohere2_vision, deepseek_vl, fast_vlm, gemma3, glm4v, got_ocr2,
+                                   idefics2, idefics3, internvl, internvl2, janus, llava, llava_next, llava_next_video,
+                                   llava_onevision, mistral3, ovis2, paligemma, perception_lm, qwen2_5_vl, qwen2_vl,
+                                   qwen3_vl, smolvlm, video_llava, vipllava)
 from vlmnb.engine.families.base import Family
 
 # the registry, in the book's order: one line per family
@@ -23,6 +24,8 @@ _MODULES = (
     llava_onevision,
     qwen2_vl,
     qwen2_5_vl,
+    qwen3_vl,
+    glm4v,
     internvl,
     internvl2,
     idefics3,
@@ -35,6 +38,13 @@ _MODULES = (
     deepseek_vl,
     janus,
     ovis2,
+    idefics2,
+    aya_vision,
+    cohere2_vision,
+    paligemma,
+    got_ocr2,
+    perception_lm,
+    fast_vlm,
 )
 
 #: family name -> its entry

@@ -19,6 +19,11 @@ def no_init(model) -> None:
     """Families whose random initialisation lets the image through."""
 
 
+def placeholder_line(placeholder: str, prompt: str) -> str:
+    """The usual prompt without a chat template: the image placeholder on a line of its own, then the text."""
+    return f"{placeholder}\n{prompt}"
+
+
 @dataclass(frozen=True)
 class Family:
     """One supported model family (an entry of :data:`vlmnb.engine.families.REGISTRY`).
@@ -52,6 +57,12 @@ class Family:
             geometry tests run every family at these sizes.
         init_random: ``model -> None``: re-draws weights that transformers initialises so that
             the image is invisible (a zero projection, say) in a randomly initialised model.
+        untemplated: ``(placeholder, prompt) -> text``: the prompt a processor without a chat
+            template receives (default :func:`placeholder_line`).
+        generated_token_type: the ``token_type_ids`` value of tokens after the prompt (generated or
+            teacher-forced), as the model's ``generate`` appends it: 0 (text) in most families.
+        position_offset: the position id of a sequence's first token (0; PaliGemma counts from 1);
+            tokens fed after a compressed context continue from the prompt length plus this.
         load_remote: for checkpoints that ship their own modelling code (loaded only with
             ``trust_remote_code=True``): ``(source, config, **from_pretrained_kwargs) -> (model,
             processor)``, raising a one-line error before any weight is read for a variant the
@@ -74,6 +85,9 @@ class Family:
     knockout_note: str = ""
     reference_sizes: Callable[[Any, Any], tuple] | None = None
     init_random: Callable[[Any], None] = no_init
+    untemplated: Callable[[str, str], str] = placeholder_line
+    generated_token_type: int = 0
+    position_offset: int = 0
     load_remote: Callable[..., tuple] | None = None
     tiny_variants: tuple[str, ...] = ()
 
