@@ -37,8 +37,9 @@ from vlmnb.engine.tinykit import CHATML_SPECIALS, TEXT, VISION, finish, make_tok
 
 #: the decoders vlmnb runs (transformers' own classes) -> the checkpoints that use them
 SUPPORTED_DECODERS = {"LlamaForCausalLM": "InternVL2-40B, InternVL2-Llama3-76B", "Qwen2ForCausalLM": "InternVL2-1B"}
-#: where the tiny model's remote code is taken from when this environment variable is unset
+#: the environment variable naming a folder of InternVL2's remote code (the tiny model is built from it)
 CODE_ENV = "VLMNB_INTERNVL2_CODE"
+#: where that code is looked for otherwise: in the repository and each folder above it
 CODE_FOLDER = Path("shared") / "third_party" / "internvl2"
 
 
