@@ -21,6 +21,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test that needs a tiny model built from a checkpoint's own code (InternVL2's, a fixture
+    beside the repository) is skipped where that code is absent -- for that one error only."""
+    from vlmnb.engine.remote import RemoteCodeMissing
+
+    outcome = yield
+    report = outcome.get_result()
+    if call.excinfo is not None and call.excinfo.errisinstance(RemoteCodeMissing) and report.failed:
+        report.outcome = "skipped"
+        report.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: {call.excinfo.value}")
+
+
 @pytest.fixture(scope="session")
 def built_book(tmp_path_factory) -> Path:
     """Every chapter executed with the ``ci`` profile and the HTML book built, once per session."""

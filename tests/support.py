@@ -1,8 +1,10 @@
 """Helpers the tests share that are not fixtures: paths, the environment of a notebook
-subprocess, the book's sources, the browser's location and a fake OpenAI-compatible server.
+subprocess, the book's sources, a hub-layout cache, the browser's location and a fake
+OpenAI-compatible server.
 Tests import them with ``from support import ...`` (the tests folder is on ``sys.path``)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -44,6 +46,25 @@ def copy_book_sources(dest: Path) -> Path:
 
 # The browser checks use Debian's Chromium through Playwright (never a browser downloaded by a test
 # tool): skipped where it is absent, except in CI (CI=true), where its absence is a failure.
+def add_hub_snapshot(hub: Path, repo_id: str, commit: str, folder: Path, main: bool = False) -> Path:
+    """Put ``folder``'s files into the hub cache ``hub`` as the hub client does: blobs named by
+    their hash, ``snapshots/<commit>/<file>`` symlinks to them (and ``refs/main`` -> ``commit``
+    when ``main``). Returns the snapshot folder."""
+    repo = hub / ("models--" + repo_id.replace("/", "--"))
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for f in folder.iterdir():
+        data = f.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
+    if main:
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+    return snap
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]

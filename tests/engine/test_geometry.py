@@ -6,13 +6,14 @@ import copy
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from vlmnb.engine import families, invariants
 from vlmnb.engine import spans as S
 from vlmnb.engine import tiny
 from vlmnb.engine.vlm import VLM
 
-FAMILIES = list(tiny.FAMILIES)
+FAMILIES = list(tiny.MODELS)
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +126,73 @@ def test_internvl_tiles_and_thumbnail(prep, noise):
     assert np.isnan(g.boxes[0]).all() and np.isnan(g.boxes[-1]).all()
 
 
+@pytest.mark.parametrize("family", ["internvl2", "internvl2-qwen2"])
+def test_internvl2_two_by_two_tiles_and_thumbnail(family, prep, noise, built):
+    # 96x96 ties 1x1 and 2x2 in aspect ratio; a picture of more than half the 2x2 canvas takes 2x2
+    p = prep(family, noise(96, 96))
+    g = p.geometry
+    assert [v.name for v in g.views] == ["tile_0_0", "tile_0_1", "tile_1_0", "tile_1_1", "thumbnail"]
+    assert p.pixel_values.shape[0] == 5 and all((v.rows, v.cols) == (4, 4) for v in g.views)
+    # tiles are 48 px of the picture, their tokens 12 px (2 x 2 patches of 4 px on 32 px tiles)
+    tile = g.view("tile_1_0")
+    assert np.allclose(tile.region, [0, 48, 48, 96])
+    assert np.allclose(g.boxes[tile.tokens[2, 3]], [36, 72, 48, 84])
+    thumb = g.view("thumbnail")
+    assert g.view() is thumb and np.allclose(g.boxes[thumb.tokens[1, 2]], [48, 24, 72, 48])
+    # the model fills the image tokens tile by tile (row-major), then the thumbnail
+    starts = [v.tokens[0, 0] for v in g.views]
+    assert starts == sorted(starts) and np.all(np.diff(g.view("tile_0_1").tokens.reshape(-1)) == 1)
+    assert np.isnan(g.boxes[0]).all() and np.isnan(g.boxes[-1]).all()  # <img> ... </img>
+    # a picture smaller than half the 2x2 canvas stays one tile, without a thumbnail
+    small = prep(family, noise(40, 40)).geometry
+    assert [v.name for v in small.views] == ["image"]
+
+
+@pytest.mark.filterwarnings("ignore:In ps_version 'v1'")  # the checkpoints' code warns of exactly this
+def test_internvl2_pixel_shuffle_v1_order(built):
+    """Checkpoints with ``ps_version='v1'`` leave each tile's merged grid transposed: the geometry
+    lists its tokens column by column, and the painted square still finds exactly its tokens."""
+    model, processor = built("internvl2")
+    local = invariants.local_vision_copy(model)
+    local.config.ps_version = local.ps_version = "v1"
+    vlm = VLM(local, processor)
+    invariants.painted_square(vlm, (96, 96), (60, 8, 92, 40))
+    invariants.painted_square(vlm, (56, 40), (4, 4, 40, 16))
+    local.config.ps_version = "v2"  # the row-major geometry does not fit a v1 model
+    with pytest.raises(invariants.InvariantBroken):
+        invariants.painted_square(vlm, (96, 96), (60, 8, 92, 40))
+
+
+def test_internvl2_tiling_rule_equals_transformers_copy_of_it():
+    """LFM2-VL's image processor in transformers carries InternVL's tiling rule (closest aspect
+    ratio, the larger grid on a tie when the picture fills more than half of it): both agree."""
+    from transformers.models.lfm2_vl.image_processing_lfm2_vl import find_closest_aspect_ratio
+
+    from vlmnb.engine.internvl2_processing import closest_grid
+
+    rng = np.random.default_rng(0)
+    sizes = [(w, h) for w in (32, 64, 96, 128) for h in (32, 64, 96, 128)]
+    sizes += [(int(w), int(h)) for w, h in rng.integers(8, 2000, (200, 2))]
+    for max_tiles in (1, 6, 12):
+        ratios = sorted({(i, j) for n in range(1, max_tiles + 1) for i in range(1, n + 1) for j in range(1, n + 1)
+                         if i * j <= max_tiles}, key=lambda g: g[0] * g[1])
+        for w, h in sizes:
+            assert closest_grid(w, h, 32, 1, max_tiles) == find_closest_aspect_ratio(w / h, ratios, w, h, 32), (w, h)
+
+
+def test_internvl2_tiling_and_tokens_at_the_reference_sizes(built):
+    from vlmnb.engine.internvl2_processing import closest_grid
+
+    model, processor = built("internvl2")
+    config, proc = families.get("internvl2").reference_sizes(model.config, processor)
+    assert (proc.image_size, proc.tokens_per_tile, proc.max_tiles) == (448, 256, 6)
+    assert closest_grid(640, 480, 448, 1, 6) == (3, 2) and closest_grid(640, 480, 448, 1, 12) == (4, 3)
+    assert closest_grid(480, 640, 448, 1, 6) == (2, 3) and closest_grid(300, 300, 448, 1, 6) == (1, 1)
+    p = S.prepare(config, proc, Image.new("RGB", (640, 480)), "describe the image")
+    assert p.pixel_values.shape == (7, 3, 448, 448)
+    assert len(p.spans.image) == 7 * 256 + 2 and int(p.geometry.has_box.sum()) == 7 * 256
+
+
 @pytest.mark.parametrize("family", ["idefics3", "smolvlm"])
 def test_idefics3_crops_and_global(family, prep, noise, built):
     # 56x40 -> 64x46 (longest edge 64, even height) -> 64x64 (multiples of 32) -> 2x2 crops + global
@@ -214,7 +282,7 @@ def test_boxes_inside_image_and_views_consistent(family, size, prep, noise):
     # every pixel is seen by at least one token of the overview, but where a center crop (LLaVA-1.5's)
     # cuts the sides away
     overview = g.view()
-    corners = [(0, 0), (W - 1, H - 1)] if not families.get(family).crops else []
+    corners = [(0, 0), (W - 1, H - 1)] if not families.get(tiny.family_of(family)).crops else []
     for x, y in corners + [(W // 2, H // 3)]:
         hits = g.token_at(x, y)
         assert set(hits) & set(overview.token_indices), (x, y)
@@ -242,8 +310,9 @@ def test_geometry_helpers(prep, noise):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [m for m in FAMILIES if families.get(tiny.family_of(m)).load_remote is None])
 def test_pil_backend_processors_share_the_geometry(family, built):
+    # (InternVL2's processor is vlmnb's own, which resizes with PIL)
     """The PIL-backend image processors (``...ImageProcessorPil``) resize and crop like the
     torchvision ones, so the same geometry holds for them."""
     import transformers

@@ -17,9 +17,11 @@ from vlmnb.engine import families, invariants, tiny  # noqa: E402
 from vlmnb.engine.vlm import VLM  # noqa: E402
 
 FAMILIES = list(families.NAMES)
+#: the tiny models: every family, and variants such as InternVL2 with a Qwen2 decoder
+MODELS = list(tiny.MODELS)
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
+@pytest.fixture(scope="module", params=MODELS)
 def family_vlm(request):
     model, processor = tiny.build(request.param)
     return VLM(model, processor, name=f"tiny-{request.param}")
@@ -115,7 +117,7 @@ def test_painted_region_at_the_reference_sizes(family, built):
     assert "did not" in detail
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", MODELS)
 @pytest.mark.parametrize("size,rect", [((96, 96), (60, 8, 92, 40)),
                                        pytest.param((40, 72), (24, 40, 40, 72), marks=pytest.mark.slow)])
 def test_painted_region_other_shapes(family, size, rect, built):

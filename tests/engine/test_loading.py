@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import add_hub_snapshot
 
 from vlmnb.engine import tiny
 from vlmnb.engine.loading import cached_commit, torch_dtype, weights_revision
@@ -19,21 +20,6 @@ from vlmnb.toy import checkpoint_path
 REPO = "org/tiny-llava"
 FIRST = "1" * 8 + "a" * 32      # refs/main points here
 SECOND = "2" * 8 + "b" * 32
-
-
-def _add_snapshot(hub: Path, commit: str, folder: Path) -> Path:
-    """Put ``folder``'s files into ``hub`` as the hub client does: blobs named by their hash,
-    ``snapshots/<commit>/<file>`` symlinks to them."""
-    repo = hub / ("models--" + REPO.replace("/", "--"))
-    (repo / "blobs").mkdir(parents=True, exist_ok=True)
-    snap = repo / "snapshots" / commit
-    snap.mkdir(parents=True)
-    for f in folder.iterdir():
-        data = f.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
-    return snap
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +35,8 @@ def hub_home(tmp_path_factory) -> Path:
     tok["model_max_length"] = 1234
     (two / "tokenizer_config.json").write_text(json.dumps(tok))
     hub = root / "home" / "hub"
-    _add_snapshot(hub, FIRST, one)
-    _add_snapshot(hub, SECOND, two)
+    add_hub_snapshot(hub, REPO, FIRST, one)
+    add_hub_snapshot(hub, REPO, SECOND, two)
     refs = hub / ("models--" + REPO.replace("/", "--")) / "refs"
     refs.mkdir()
     (refs / "main").write_text(FIRST)

@@ -9,7 +9,7 @@ from vlmnb.engine import families
 from vlmnb.engine import spans as S
 from vlmnb.engine import tiny
 
-FAMILIES = list(tiny.FAMILIES)
+FAMILIES = list(tiny.MODELS)
 
 
 @pytest.fixture(params=FAMILIES)
@@ -48,7 +48,7 @@ def test_image_span_is_image_tokens_plus_structure(prepared):
     # exact structure per family: begin/end markers, or Idefics3's per-crop tags
     n_image = int((image_ids == img_id).sum())
     n_markers = {"qwen2_vl": 2, "qwen2_5_vl": 2, "qwen3_vl": 2, "internvl": 2, "gemma3": 2, "janus": 2,
-                 "glm4v": 2, "got_ocr2": 2}.get(prep.family, 0)
+                 "glm4v": 2, "got_ocr2": 2, "internvl2": 2}.get(prep.family, 0)
     if prep.family in ("idefics3", "smolvlm"):
         tok = processor.tokenizer
         crops = len(prep.geometry.views) - 1

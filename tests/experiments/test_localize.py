@@ -18,7 +18,7 @@ from vlmnb.data import CocoResolver, Sample
 from vlmnb.judge import score
 from vlmnb.engine.spans import Geometry, View
 
-FAMILIES = list(tiny.FAMILIES)
+FAMILIES = list(tiny.MODELS)
 
 
 @functools.lru_cache(maxsize=None)

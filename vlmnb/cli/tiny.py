@@ -35,6 +35,19 @@ def parser() -> ArgumentParser:
     return p
 
 
+def _own_code(folder: Path, path: Path) -> bool:
+    """Whether ``path`` is modelling code an earlier tiny model wrote beside its weights (a
+    family whose checkpoints ship their own code: a ``.py`` file, the config holding an auto_map)."""
+    import json
+
+    if path.suffix != ".py" or not (folder / "config.json").is_file():
+        return False
+    try:
+        return "auto_map" in json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def validate(args) -> Path:
     """The folder to write (raises :class:`~vlmnb.core.usage.UsageError`; writes nothing)."""
     if args.family is None or args.folder is None:
@@ -43,7 +56,7 @@ def validate(args) -> Path:
         raise UsageError(f"--image-size {args.image_size}: a tiny model takes at most {MAX_IMAGE_SIZE} pixels")
     folder = check_output_folder(args.folder, "FOLDER")
     if folder.is_dir():
-        foreign = sorted(p.name for p in folder.iterdir() if p.name not in _OWN_FILES)
+        foreign = sorted(p.name for p in folder.iterdir() if p.name not in _OWN_FILES and not _own_code(folder, p))
         if foreign:
             raise UsageError(f"FOLDER {folder} holds other files ({', '.join(foreign[:3])}"
                              f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty folder")

@@ -183,8 +183,11 @@ def eager_fractions(vlm) -> str:
     P = inp.input_ids.shape[1]
     inputs = vlm.to_device(dict(inp.inputs))
     eager = copy.deepcopy(vlm.model)
+    # the copy's text decoder (found by its name in the model) runs eager attention; the vision
+    # encoder keeps its own (a config of the checkpoint's own code may name no text sub-config)
+    decoder = next(name for name, module in vlm.model.named_modules() if module is vlm.decoder)
     try:
-        eager.set_attn_implementation({"text_config": "eager", "vision_config": "sdpa"})
+        eager.get_submodule(decoder).set_attn_implementation("eager")
     except (ValueError, NotImplementedError) as exc:
         raise NotApplicable(f"no eager attention: {exc}") from None
     with torch.no_grad():

@@ -22,6 +22,16 @@ class ModelNotAvailable(OneLineError, FileNotFoundError):
     """A model that is neither a local folder nor in the local Hugging Face cache, while offline."""
 
 
+class RemoteCodeRequired(OneLineError, ValueError):
+    """A checkpoint that runs its own modelling code, loaded without ``trust_remote_code=True``."""
+
+
+def remote_code_message(name: str, model_type) -> str:
+    """The one line that asks for ``trust_remote_code=True``."""
+    return (f"{name!r} ({model_type!r}) needs the checkpoint's own code; load it with "
+            "vlmnb.load(..., trust_remote_code=True) if you trust that repository")
+
+
 @dataclass
 class Loaded:
     """What :func:`load_pretrained` read: the transformers objects and where they came from."""
@@ -63,8 +73,8 @@ def model_class(config, trust_remote_code: bool):
     if trust_remote_code and "AutoModel" in auto_map:
         return AutoModel
     if auto_map and not trust_remote_code:
-        raise ValueError(f"{config.model_type!r} needs the checkpoint's own code; load it with "
-                         "vlmnb.load(..., trust_remote_code=True) if you trust that repository")
+        raise RemoteCodeRequired(f"{config.model_type!r} needs the checkpoint's own code; load it with "
+                                 "vlmnb.load(..., trust_remote_code=True) if you trust that repository")
     raise ValueError(f"model type {config.model_type!r} is not an image-text-to-text model transformers knows")
 
 
@@ -115,6 +125,8 @@ def load_pretrained(name_or_path: str | os.PathLike, *, dtype=None, device_map=N
 
     # a hub id is pinned to one commit: config, weights and processor all come from it
     pin = {} if local else {"revision": commit or revision}
+    if not trust_remote_code:  # (asked before transformers would prompt for it)
+        check_own_code(name, source, local_files_only=local_only, **pin)
     try:
         config = AutoConfig.from_pretrained(source, local_files_only=local_only, trust_remote_code=trust_remote_code,
                                             **pin)
@@ -129,21 +141,26 @@ def load_pretrained(name_or_path: str | os.PathLike, *, dtype=None, device_map=N
                                     f"({hub_cache()}); is HF_HUB_CACHE writable?")
         pin = {"revision": commit}
     try:
-        family = families.detect(config).name
+        entry = families.detect(config)
     except ValueError as exc:
-        raise ValueError(f"{name!r}: {exc}. Remote-code checkpoints (e.g. OpenGVLab/InternVL2-*) bypass "
-                         "transformers' attention interface; use their transformers-native '-hf' "
-                         "conversion instead") from None
+        raise ValueError(f"{name!r}: {exc}") from None
+    family = entry.name
+    if entry.load_remote is not None and not trust_remote_code:
+        raise RemoteCodeRequired(remote_code_message(name, config.model_type))
     cuda = torch.cuda.is_available()
     if device_map is None and cuda:
         device_map = "auto"
     if dtype is None:
         dtype = "auto" if (cuda or device_map is not None) else torch.float32
-    model_cls = model_class(config, trust_remote_code)
     common = dict(local_files_only=local_only, trust_remote_code=trust_remote_code, **pin)
     try:
-        model = model_cls.from_pretrained(source, dtype=dtype, device_map=device_map, **common, **kwargs)
-        processor = AutoProcessor.from_pretrained(source, **common)
+        if entry.load_remote is not None:  # the checkpoint's own model class, completed by vlmnb
+            model, processor = entry.load_remote(source, config, dtype=dtype, device_map=device_map, **common,
+                                                 **kwargs)
+        else:
+            model = model_class(config, trust_remote_code).from_pretrained(source, dtype=dtype,
+                                                                           device_map=device_map, **common, **kwargs)
+            processor = AutoProcessor.from_pretrained(source, **common)
     except ImportError as exc:
         if "timm" in str(exc).lower():
             raise needs_timm(name) from None
@@ -160,6 +177,18 @@ def load_pretrained(name_or_path: str | os.PathLike, *, dtype=None, device_map=N
         raise
     return Loaded(model, processor, name=name, family=family,
                   revision=commit if commit is not None else weights_revision(source, config))
+
+
+def check_own_code(name: str, source: str, **hub_kwargs) -> None:
+    """Raise :class:`RemoteCodeRequired` when ``source``'s config names a model type transformers
+    does not know, with the code for it in its ``auto_map`` (the checkpoint's own code)."""
+    from transformers import PretrainedConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    raw, _ = PretrainedConfig.get_config_dict(source, **hub_kwargs)
+    model_type = raw.get("model_type")
+    if raw.get("auto_map") and model_type not in CONFIG_MAPPING:
+        raise RemoteCodeRequired(remote_code_message(name, model_type))
 
 
 #: dtype names accepted as strings (a notebook parameter or a command-line option)

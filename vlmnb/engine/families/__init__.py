@@ -12,7 +12,7 @@ import it below and add it to ``_MODULES``.
 from __future__ import annotations
 
 from vlmnb.engine.families import (aya_vision, cohere2_vision, deepseek_vl, fast_vlm, gemma3, glm4v, got_ocr2,
-                                   idefics2, idefics3, internvl, janus, llava, llava_next, llava_next_video,
+                                   idefics2, idefics3, internvl, internvl2, janus, llava, llava_next, llava_next_video,
                                    llava_onevision, mistral3, ovis2, paligemma, perception_lm, qwen2_5_vl, qwen2_vl,
                                    qwen3_vl, smolvlm, video_llava, vipllava)
 from vlmnb.engine.families.base import Family
@@ -27,6 +27,7 @@ _MODULES = (
     qwen3_vl,
     glm4v,
     internvl,
+    internvl2,
     idefics3,
     smolvlm,
     gemma3,

@@ -35,7 +35,8 @@ class Family:
             :class:`~vlmnb.engine.geometry.Grid`, or None for a feature that sees no patch
             (see :func:`vlmnb.engine.geometry.lay_out`).
         build_tiny: ``(seed, view) -> (model, processor)``: a tiny random model of the family
-            whose vision encoder sees ``view x view`` pictures (:mod:`vlmnb.engine.tiny`).
+            whose vision encoder sees ``view x view`` pictures (:mod:`vlmnb.engine.tiny`);
+            ``(seed, view, variant)`` for one of ``tiny_variants``.
         model_types: the ``config.model_type`` values of the family (default: ``(name,)``).
         markers: ``(config, processor) -> ids``: the image-structure tokens (begin/end of image)
             that delimit the image span besides the image tokens; None entries are ignored.
@@ -62,6 +63,13 @@ class Family:
             teacher-forced), as the model's ``generate`` appends it: 0 (text) in most families.
         position_offset: the position id of a sequence's first token (0; PaliGemma counts from 1);
             tokens fed after a compressed context continue from the prompt length plus this.
+        load_remote: for checkpoints that ship their own modelling code (loaded only with
+            ``trust_remote_code=True``): ``(source, config, **from_pretrained_kwargs) -> (model,
+            processor)``, raising a one-line error before any weight is read for a variant the
+            engine cannot run; None for families transformers implements.
+        tiny_variants: names of further tiny models of the family (another text decoder, say):
+            ``build_tiny(seed, view, variant)`` builds them, and the tests run them as well
+            (:data:`vlmnb.engine.tiny.MODELS`).
     """
 
     name: str
@@ -80,6 +88,8 @@ class Family:
     untemplated: Callable[[str, str], str] = placeholder_line
     generated_token_type: int = 0
     position_offset: int = 0
+    load_remote: Callable[..., tuple] | None = None
+    tiny_variants: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.model_types:
