@@ -8,7 +8,8 @@ downsamples by 64: its 16 x 16 feature map, row-major, gives 256 image tokens of
 from __future__ import annotations
 
 from vlmnb.engine.families.base import Family
-from vlmnb.engine.geometry import (Frame, Grid, center_crop, check_shape, pad_to_square, resize_by_size, size_get)
+from vlmnb.engine.families.llava import picture_frame
+from vlmnb.engine.geometry import Grid, check_shape
 from vlmnb.engine.tinykit import CHATML_SPECIALS, at_reference_sizes, chatml, finish, make_tokenizer, qwen2_config, seeded
 
 TEMPLATE = chatml("<image>\\n", system="You are a helpful assistant.")
@@ -17,14 +18,7 @@ TEMPLATE = chatml("<image>\\n", system="You are a helpful assistant.")
 def geometry(config, processor, image_size, inputs):
     """One picture (padded to a square if the processor pads, resized, center-cropped); a grid of
     ``processor.patch_size`` cells -- the encoder's total stride."""
-    ip = processor.image_processor
-    frame = Frame(*image_size)
-    if getattr(ip, "do_pad", False):
-        frame = pad_to_square(frame)
-    if getattr(ip, "do_resize", True):
-        frame = resize_by_size(frame, ip.size)
-    if getattr(ip, "do_center_crop", False):
-        frame = center_crop(frame, size_get(ip.crop_size, "width"), size_get(ip.crop_size, "height"))
+    frame = picture_frame(processor.image_processor, image_size)
     check_shape("fast_vlm", frame, inputs["pixel_values"].shape)
     stride = int(processor.patch_size)
     w, h = int(round(frame.w)), int(round(frame.h))

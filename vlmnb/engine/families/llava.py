@@ -18,9 +18,10 @@ TEMPLATE = PARTS + (
 )
 
 
-def geometry(config, processor, image_size, inputs):
-    """One picture: padded to a square if the processor pads, resized, center-cropped; a patch grid."""
-    ip = processor.image_processor
+def picture_frame(image_processor, image_size) -> Frame:
+    """The picture as a CLIP-style image processor prepares it: padded to a square if it pads,
+    resized, center-cropped."""
+    ip = image_processor
     frame = Frame(*image_size)
     if getattr(ip, "do_pad", False):
         frame = pad_to_square(frame)
@@ -28,6 +29,12 @@ def geometry(config, processor, image_size, inputs):
         frame = resize_by_size(frame, ip.size)
     if getattr(ip, "do_center_crop", False):
         frame = center_crop(frame, size_get(ip.crop_size, "width"), size_get(ip.crop_size, "height"))
+    return frame
+
+
+def geometry(config, processor, image_size, inputs):
+    """One picture: padded to a square if the processor pads, resized, center-cropped; a patch grid."""
+    frame = picture_frame(processor.image_processor, image_size)
     check_shape("llava", frame, inputs["pixel_values"].shape)
     p = vision_patch(config)
     grid = Grid("image", frame, int(round(frame.h)) // p, int(round(frame.w)) // p, p, p)
@@ -37,18 +44,26 @@ def geometry(config, processor, image_size, inputs):
     return entries
 
 
-def build_tiny(seed: int, view: int):
-    """A tiny random LLaVA-1.5 (CLIP vision, Llama text)."""
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+def tiny_processor(view: int, template: str = TEMPLATE):
+    """``(tokenizer, LlavaProcessor, patch)`` of a tiny LLaVA-1.5-style model: a CLIP image
+    processor for ``view`` px squares, 4 x 4 patches, a Vicuna prompt."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
 
     tok = make_tokenizer(["<unk>", "<s>", "</s>", "<pad>", "<image>"], bos="<s>", eos="</s>", pad="<pad>",
-                     add_bos=True, named={"image_token": "<image>"}, chat_template=TEMPLATE)
+                         add_bos=True, named={"image_token": "<image>"}, chat_template=template)
     patch = view // 4
     image_processor = CLIPImageProcessor(size={"shortest_edge": view}, crop_size={"height": view, "width": view})
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch,
                                vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                               chat_template=TEMPLATE)
+                               chat_template=template)
+    return tok, processor, patch
+
+
+def build_tiny(seed: int, view: int):
+    """A tiny random LLaVA-1.5 (CLIP vision, Llama text)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    tok, processor, patch = tiny_processor(view)
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(image_size=view, patch_size=patch, **VISION),
         text_config=LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,

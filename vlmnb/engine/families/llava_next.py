@@ -122,15 +122,25 @@ def build_tiny(seed: int, view: int):
     return finish(model, tok, seed), processor
 
 
+#: LLaVA-NeXT's any-resolution grids at 336 px views (2x2, 1x2, 2x1, 1x3, 3x1)
+REFERENCE_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+
+
+def reference_image_processor(config):
+    """LLaVA-NeXT's image processor at the checkpoints' sizes; sets ``config``'s pinpoints to match."""
+    from transformers import LlavaNextImageProcessor
+
+    config.image_grid_pinpoints = REFERENCE_PINPOINTS
+    return LlavaNextImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+                                   image_grid_pinpoints=REFERENCE_PINPOINTS)
+
+
 def reference_sizes(config, processor):
     """LLaVA-NeXT (1.6): 336 px CLIP views, 14 px patches, the 2x2 / 1x3 any-resolution grids."""
-    from transformers import LlavaNextImageProcessor, LlavaNextProcessor
+    from transformers import LlavaNextProcessor
 
     config, tok, template = at_reference_sizes(config, processor, 336, 14)
-    pins = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
-    config.image_grid_pinpoints = pins
-    ip = LlavaNextImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
-                                 image_grid_pinpoints=pins)
+    ip = reference_image_processor(config)
     return config, LlavaNextProcessor(ip, tok, patch_size=14, vision_feature_select_strategy="default",
                                       num_additional_image_tokens=1, chat_template=template)
 

@@ -6,17 +6,10 @@ newline token after every row -- with ``<image>`` in a Vicuna-style prompt
 from __future__ import annotations
 
 from vlmnb.engine.families.base import Family
-from vlmnb.engine.families.llava_next import anyres_geometry
-from vlmnb.engine.tinykit import PARTS, VISION, at_reference_sizes, finish, llama_config, make_tokenizer, seeded
+from vlmnb.engine.families.llava import TEMPLATE  # the same Vicuna prompt
+from vlmnb.engine.families.llava_next import anyres_geometry, reference_image_processor
+from vlmnb.engine.tinykit import VISION, at_reference_sizes, finish, llama_config, make_tokenizer, seeded
 
-
-TEMPLATE = PARTS + (
-    "{%- for m in messages -%}"
-    "{%- if m['role'] == 'system' -%}{{ parts(m['content'], '') + ' ' }}"
-    "{%- elif m['role'] == 'user' -%}{{ 'USER: ' + parts(m['content'], '<image>\\n') + ' ' }}"
-    "{%- else -%}{{ 'ASSISTANT: ' + parts(m['content'], '') + '</s>' }}{%- endif -%}"
-    "{%- endfor -%}{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}"
-)
 
 
 def geometry(config, processor, image_size, inputs):
@@ -55,13 +48,10 @@ def build_tiny(seed: int, view: int):
 
 def reference_sizes(config, processor):
     """LLaVA-NeXT-Video-7B: 336 px CLIP views, 14 px patches, LLaVA-NeXT's 2x2 / 1x3 grids."""
-    from transformers import LlavaNextImageProcessor, LlavaNextVideoProcessor
+    from transformers import LlavaNextVideoProcessor
 
     config, tok, template = at_reference_sizes(config, processor, 336, 14)
-    pins = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
-    config.image_grid_pinpoints = pins
-    ip = LlavaNextImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
-                                 image_grid_pinpoints=pins)
+    ip = reference_image_processor(config)
     return config, LlavaNextVideoProcessor(video_processor=processor.video_processor, image_processor=ip, tokenizer=tok,
                                            patch_size=14, vision_feature_select_strategy="default",
                                            num_additional_image_tokens=1, chat_template=template)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from vlmnb.engine.families.base import Family
 from vlmnb.engine.families.llava import geometry as llava_geometry
-from vlmnb.engine.tinykit import PARTS, VISION, at_reference_sizes, finish, llama_config, make_tokenizer, seeded
+from vlmnb.engine.families.llava import tiny_processor
+from vlmnb.engine.tinykit import PARTS, VISION, at_reference_sizes, finish, llama_config, seeded
 
 SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
           "The assistant gives helpful, detailed, and polite answers to the human's questions.")
@@ -30,16 +31,9 @@ def geometry(config, processor, image_size, inputs):
 
 def build_tiny(seed: int, view: int):
     """A tiny random VipLLaVA (CLIP vision, Llama text; features of three vision layers)."""
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlavaProcessor, VipLlavaConfig,
-                              VipLlavaForConditionalGeneration)
+    from transformers import CLIPVisionConfig, VipLlavaConfig, VipLlavaForConditionalGeneration
 
-    tok = make_tokenizer(["<unk>", "<s>", "</s>", "<pad>", "<image>"], bos="<s>", eos="</s>", pad="<pad>",
-                         add_bos=True, named={"image_token": "<image>"}, chat_template=TEMPLATE)
-    patch = view // 4
-    image_processor = CLIPImageProcessor(size={"shortest_edge": view}, crop_size={"height": view, "width": view})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                               chat_template=TEMPLATE)
+    tok, processor, patch = tiny_processor(view, TEMPLATE)
     config = VipLlavaConfig(
         vision_config=CLIPVisionConfig(image_size=view, patch_size=patch, **VISION), text_config=llama_config(tok),
         image_token_index=tok.convert_tokens_to_ids("<image>"), image_seq_length=(view // patch) ** 2,
