@@ -131,3 +131,13 @@ def test_missing_remote_code_is_its_own_error(tmp_path, monkeypatch):
     with pytest.raises(RemoteCodeMissing) as info:
         tiny.build("internvl2")
     assert "\n" not in str(info.value) and CODE_ENV in str(info.value)
+
+
+def test_building_prints_nothing_of_the_checkpoints_code(code, tmp_path):
+    """The checkpoint's code prints its own notices and imports a deprecated timm path when it is
+    imported: nothing of that reaches the caller (a chapter's output)."""
+    script = "from vlmnb.engine import tiny; tiny.build('internvl2')"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, CODE_ENV: str(code), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == "" and "Warning" not in done.stderr, done.stdout + done.stderr

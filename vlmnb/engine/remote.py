@@ -21,7 +21,10 @@ compressed contexts act on the language model, which dispatches attention throug
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import warnings
 
 from vlmnb.core.errors import MissingExtra, OneLineError
 
@@ -167,6 +170,10 @@ def remote_class(config, source: str | os.PathLike, auto: str = "AutoModel", **h
         raise ValueError(f"the config of {str(source)!r} names no {auto} class in its auto_map")
     allowed = {k: v for k, v in hub_kwargs.items() if k in ("revision", "local_files_only", "cache_dir", "token")}
     try:
-        return get_class_from_dynamic_module(reference, str(source), **allowed)
+        # importing the checkpoint's code prints its own notices ("FlashAttention2 is not installed.")
+        # and timm's deprecation of the module path it uses: neither concerns the caller
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"timm\..*")
+            return get_class_from_dynamic_module(reference, str(source), **allowed)
     except ImportError as exc:  # transformers names the packages the code imports that are missing
         raise MissingExtra(f"{str(source)!r}: {' '.join(str(exc).split())}") from None
