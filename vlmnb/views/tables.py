@@ -113,6 +113,10 @@ class Table:
         style = style.set_uuid(digest)  # the same table gives the same HTML on every run
         if not self.index:
             style = style.hide(axis="index")
+        elif self.wide:  # the row labels stay in view while the table scrolls sideways
+            style = style.set_table_styles([{"selector": "th.row_heading",
+                                             "props": "position: sticky; left: 0; z-index: 1; "
+                                                      "background: var(--pst-color-background, #fff);"}])
         if self.caption:
             style = style.set_caption(self.caption)
         return style
