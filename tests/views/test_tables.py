@@ -49,6 +49,12 @@ def test_show_formats_numbers_and_hides_a_plain_index():
     assert tables.show(frame)._repr_html_() == html
 
 
+def test_floats_among_text_are_formatted_too():
+    frame = pd.DataFrame({"metric": ["F1", "ACC (swapped)"], "value": [0.99612345, "0.949 (0.498)"]})
+    html = tables.show(frame)._repr_html_()
+    assert ">0.996<" in html and ">0.949 (0.498)<" in html and not SIX_DECIMALS.search(html), html
+
+
 def test_explicit_decimals_and_a_named_index():
     frame = pd.DataFrame({"acc": [84.8123, 70.0]}, index=pd.Index(["Naive", "Query + K=5%"], name="method"))
     html = tables.show(frame, decimals={"acc": 2})._repr_html_()

@@ -69,8 +69,8 @@ class Downloads:
             return "<p>This chapter has no results to download.</p>"
         return f'<ul class="vlmnb-downloads">{"".join(items)}</ul>'
 
-    def __repr__(self) -> str:
-        return "\n".join(f"{self.folder / f.name}: {f.what}, {f.rows} rows" for f in self.files) or "no downloads"
+    def __repr__(self) -> str:  # names only: a page must not show the machine's paths
+        return "\n".join(f"{self.chapter}/{f.name}: {f.what}, {f.rows} rows" for f in self.files) or "no downloads"
 
 
 def _write_store(store, folder: Path) -> Download:

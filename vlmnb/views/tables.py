@@ -63,8 +63,15 @@ def format_number(value, decimals: int) -> str:
     return "0" if decimals == 0 and text in ("-0", "0") else text
 
 
-def _is_numeric(column: pd.Series) -> bool:
-    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+def _numbers(column: pd.Series) -> list | None:
+    """The numbers of a column to format: all of a numeric column, the floats of a column that
+    mixes them with text (such as "0.949 (0.498)" beside 0.996); None when there are none."""
+    if pd.api.types.is_bool_dtype(column):
+        return None
+    if pd.api.types.is_numeric_dtype(column):
+        return list(column)
+    floats = [v for v in column if isinstance(v, (float, np.floating)) and not isinstance(v, bool)]
+    return floats or None
 
 
 def _label_width(label) -> int:
@@ -138,7 +145,8 @@ def show(frame: pd.DataFrame | pd.Series, *, index: bool | None = None, decimals
 
     ``index``: show the index (default: unless it is a plain 0..n-1 range). ``decimals``: one
     number for every numeric column, or {column: decimals}; the other numeric columns get
-    :func:`column_decimals` (``digits`` significant digits, at most three decimals)."""
+    :func:`column_decimals` (``digits`` significant digits, at most three decimals). Floats in a
+    column of text are formatted the same way; the text is shown as it is."""
     if isinstance(frame, pd.Series):
         frame = frame.to_frame()
     if not isinstance(frame, pd.DataFrame):
@@ -147,13 +155,14 @@ def show(frame: pd.DataFrame | pd.Series, *, index: bool | None = None, decimals
         index = not (isinstance(frame.index, pd.RangeIndex) and frame.index.start == 0 and frame.index.step == 1)
     chosen: dict = {}
     for col in frame.columns:
-        if not _is_numeric(frame[col]):
+        numbers = _numbers(frame[col])
+        if numbers is None:
             continue
         if isinstance(decimals, Mapping) and col in decimals:
             chosen[col] = int(decimals[col])
         elif isinstance(decimals, (int, np.integer)) and not isinstance(decimals, bool):
             chosen[col] = int(decimals)
         else:
-            chosen[col] = column_decimals(frame[col], digits)
+            chosen[col] = column_decimals(numbers, digits)
     return Table(frame, bool(index), chosen, caption)
 
