@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
+from matplotlib.patches import Patch
 import numpy as np
 import pandas as pd
 
@@ -74,15 +75,19 @@ def figure(nrows: int = 1, ncols: int = 1, height: float = 3.6, **kw):
 LEGEND_ROW_CHARS = 120
 
 
-def legend_below(fig, axes=None, fontsize: float = 8, **kw):
+def legend_below(fig, axes=None, fontsize: float = 8, extra=(), **kw):
     """One legend for ``fig`` under its axes, outside the data (the figure's constrained layout
-    makes room for it), with the entries of ``axes`` (default: all) in as few rows as fit."""
+    makes room for it), with the entries of ``axes`` (default: all) and the ``extra`` (handle,
+    label) pairs, in as few rows as fit."""
     handles, labels = [], []
     for ax in fig.axes if axes is None else axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             if label not in labels:
                 handles.append(handle)
                 labels.append(label)
+    for handle, label in extra:
+        handles.append(handle)
+        labels.append(label)
     if not labels:
         return None
     widest = max(len(label) for label in labels) + 6  # the handle and the gap to the next entry
@@ -248,7 +253,7 @@ def f1_bars(summary, paper: dict | None = None, title: str = ""):
     fig, ax = figure(height=3.8, layout="constrained")
     kinds = [k for k in CONFIG_COLORS if k != "baseline" and k in set(summary.kind)]
     x = np.arange(len(kinds))
-    numbers = []
+    numbers, scopes = [], []
     for offset, scope, hatch in [(-0.2, "all", None), (0.2, "outside", "//")]:
         sub = summary[summary.scope == scope].set_index("kind").reindex(kinds)
         if sub["mean"].isna().all():
@@ -259,8 +264,10 @@ def f1_bars(summary, paper: dict | None = None, title: str = ""):
                                                for k in kinds]}))
         err = np.vstack([sub["mean"] - sub["ci_low"], sub["ci_high"] - sub["mean"]])
         ax.bar(x + offset, sub["mean"], 0.38, yerr=err, capsize=3, hatch=hatch, edgecolor="white",
-               color=[CONFIG_COLORS[k] for k in kinds],
-               label="KO in all layers" if scope == "all" else "KO outside the middle window")
+               color=[CONFIG_COLORS[k] for k in kinds])
+        # the bars' colours name the knockout (on the axis); the legend shows the hatching only
+        scopes.append((Patch(facecolor="#9e9e9e", edgecolor="white", hatch=hatch),
+                       "KO in all layers" if scope == "all" else "KO outside the middle window"))
     for i, kind in enumerate(kinds):
         if paper and kind in paper:
             ax.plot([i - 0.4, i], [paper[kind]] * 2, color=PAPER_COLOR, lw=2.5,
@@ -270,7 +277,7 @@ def f1_bars(summary, paper: dict | None = None, title: str = ""):
     ax.set_xticks(x, kinds)
     ax.set_ylabel("F1 vs. baseline description")
     ax.set_ylim(0, 1.05)
-    legend_below(fig)
+    legend_below(fig, extra=scopes)
     if title:
         ax.set_title(title)
     return fig

@@ -118,12 +118,15 @@ class Table:
         digest = hashlib.sha1(pd.util.hash_pandas_object(self.text.reset_index(drop=True), index=False)
                               .to_numpy().tobytes()).hexdigest()[:8]
         style = style.set_uuid(digest)  # the same table gives the same HTML on every run
+        # the book theme's table look (borders, padding, zebra rows), as for a DataFrame's own HTML
+        style = style.set_table_attributes('class="dataframe"')
         if not self.index:
             style = style.hide(axis="index")
-        elif self.wide:  # the row labels stay in view while the table scrolls sideways
-            style = style.set_table_styles([{"selector": "th.row_heading",
-                                             "props": "position: sticky; left: 0; z-index: 1; "
-                                                      "background: var(--pst-color-background, #fff);"}])
+        else:
+            heading = "white-space: nowrap; text-align: left;"
+            if self.wide:  # the row labels stay in view while the table scrolls sideways
+                heading += " position: sticky; left: 0; z-index: 1; background: var(--pst-color-background, #fff);"
+            style = style.set_table_styles([{"selector": "th.row_heading", "props": heading}])
         if self.caption:
             style = style.set_caption(self.caption)
         return style
