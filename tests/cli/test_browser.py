@@ -122,7 +122,7 @@ TABLE_LAYOUT_JS = """article => {
 
 def table_problems(page) -> list[str]:
     """Tables wider than the page's content column without a scroll box, scroll boxes without a
-    visible hint, and numbers with more than three decimals."""
+    visible hint (or a hint on a table that fits), and numbers with more than three decimals."""
     problems = []
     for t in page.eval_on_selector("article", TABLE_LAYOUT_JS):
         if t["scroller"] is None and t["right"] > t["limit"] + 1:
@@ -131,6 +131,8 @@ def table_problems(page) -> list[str]:
             problems.append(f"table {t['index']} ({t['text']!r}): its scroll box is wider than the page")
         elif t["scrolls"] and not t["hint"]:
             problems.append(f"table {t['index']} ({t['text']!r}) scrolls sideways without a visible hint")
+        elif t["hint"] and not t["scrolls"]:
+            problems.append(f"table {t['index']} ({t['text']!r}) fits the page but its hint says to scroll")
     for text in page.eval_on_selector_all("article table", "ts => ts.map(t => t.innerText)"):
         m = LONG_DECIMALS.search(text)
         if m:
@@ -188,6 +190,9 @@ def test_the_checks_see_noise_and_overflowing_tables(browser, tmp_path):
                                           f"{tables.show(frame)._repr_html_()}</article></body></html>")
     page.goto((tmp_path / "boxed.html").as_uri())
     assert table_problems(page) == []
+    page.evaluate("document.querySelector('article').style.width = '6000px'")  # now the table fits
+    assert any("fits the page" in p for p in table_problems(page))
+    page.evaluate("document.querySelector('article').style.width = '600px'")
     page.evaluate(f"document.querySelector('.{tables.HINT_CLASS}').remove()")
     assert any("without a visible hint" in p for p in table_problems(page))
     page.close()

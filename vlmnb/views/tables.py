@@ -3,8 +3,9 @@
 pandas' ``Styler`` prints every float with six decimals (``0.034000``) and a wide table runs
 off the page's content column. :func:`show` formats each numeric column with the decimals its
 values need (three significant digits, at most three decimals, none for whole numbers), hides
-a plain 0..n-1 index and wraps the table in a box that scrolls sideways; a table estimated to be
-wider than the page also gets a visible hint saying so. Chapters end a cell with
+a plain 0..n-1 index and wraps the table in a box that scrolls sideways; a table that cannot be
+drawn as narrow as the page (its numbers, row labels and longest words side by side) also gets a
+visible hint saying so. Chapters end a cell with
 ``tables.show(frame)`` instead of ``frame.style...``.
 """
 from __future__ import annotations
@@ -25,8 +26,6 @@ HINT_CLASS = "vlmnb-table-hint"
 #: book's content column holds about 90 characters of table text at 1280 px
 WIDE_CHARS = 80
 MAX_DECIMALS = 3
-#: characters a long text cell takes at most: the browser wraps text, not numbers
-TEXT_WRAP_CHARS = 30
 MISSING = "–"
 
 
@@ -74,9 +73,8 @@ def _numbers(column: pd.Series) -> list | None:
     return floats or None
 
 
-def _label_width(label) -> int:
-    parts = label if isinstance(label, tuple) else (label,)
-    return max(len(str(p)) for p in parts)
+def _longest_word(text) -> int:
+    return max((len(word) for word in str(text).split()), default=0)
 
 
 class Table:
@@ -93,18 +91,24 @@ class Table:
         self.text.columns = frame.columns
 
     def width_chars(self) -> int:
-        """Estimated width in characters (three per cell for padding; long text wraps)."""
+        """The narrowest the table can be drawn, in characters: text wraps between words, numbers
+        and row labels do not; a column label over several columns is shared by them; three
+        characters of padding per cell."""
         pad = 3
+        columns = list(self.text.columns)
+        spans: dict = {}
+        for col in columns:  # how many columns share each upper-level label
+            for level, part in enumerate(col[:-1] if isinstance(col, tuple) else ()):
+                spans[(level, part)] = spans.get((level, part), 0) + 1
         total = 0
-        for col in self.text.columns:
-            cells = [len(s) for s in self.text[col]]
-            widest = max(cells, default=0)
-            if col not in self.decimals:
-                widest = min(widest, TEXT_WRAP_CHARS)
-            total += max(widest, _label_width(col)) + pad
+        for col in columns:
+            parts = col if isinstance(col, tuple) else (col,)
+            label = max([_longest_word(parts[-1])] + [-(-_longest_word(p) // spans[(level, p)]) for level, p in
+                                                      enumerate(parts[:-1])])
+            total += max([label] + [_longest_word(cell) for cell in self.text[col]]) + pad
         if self.index:
-            labels = [len(" ".join(map(str, i)) if isinstance(i, tuple) else str(i)) for i in self.frame.index]
-            total += max(labels, default=0) + pad
+            levels = [self.frame.index.get_level_values(i) for i in range(self.frame.index.nlevels)]
+            total += sum(max((len(str(v)) for v in values), default=0) + pad for values in levels)
         return total
 
     @property
