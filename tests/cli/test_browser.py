@@ -192,7 +192,11 @@ def test_the_checks_see_noise_and_overflowing_tables(browser, tmp_path):
     assert table_problems(page) == []
     page.evaluate("document.querySelector('article').style.width = '6000px'")  # now the table fits
     assert any("fits the page" in p for p in table_problems(page))
+    page.evaluate("window.dispatchEvent(new Event('resize'))")  # the table's script hides its hint
+    assert table_problems(page) == []
     page.evaluate("document.querySelector('article').style.width = '600px'")
+    page.evaluate("window.dispatchEvent(new Event('resize'))")
+    assert table_problems(page) == []  # and shows it again
     page.evaluate(f"document.querySelector('.{tables.HINT_CLASS}').remove()")
     assert any("without a visible hint" in p for p in table_problems(page))
     page.close()

@@ -43,7 +43,8 @@ def test_show_formats_numbers_and_hides_a_plain_index():
     assert not SIX_DECIMALS.search(html), html
     assert ">0.034<" in html and ">0.512<" in html and ">81<" in html and ">84.8<" in html and ">–<" in html
     assert ">True<" in html and "row_heading" not in html  # the 0..n-1 index is hidden
-    assert f'class="{tables.SCROLL_CLASS}"' in html and tables.HINT_CLASS not in html  # narrow: no hint
+    assert f'class="{tables.SCROLL_CLASS}"' in html
+    assert re.search(f'class="{tables.HINT_CLASS}"[^>]* hidden>', html)  # narrow: the hint is hidden
     assert "0.034" in repr(table) and "0.034000" not in repr(table)
     # the same table gives the same HTML (executed chapters do not change between runs)
     assert tables.show(frame)._repr_html_() == html
@@ -65,7 +66,7 @@ def test_table1_is_wide_and_gets_the_hint():
     table = tables.show(reprompt.paper_table1(), decimals=1)
     assert table.wide
     html = table._repr_html_()
-    assert tables.HINT_CLASS in html and "scroll" in html
+    assert tables.HINT_CLASS in html and "scroll" in html and " hidden>" not in html
     assert html.index(tables.HINT_CLASS) < html.index(tables.SCROLL_CLASS) < html.index("<table")
     assert not SIX_DECIMALS.search(html)
 

@@ -3,9 +3,10 @@
 pandas' ``Styler`` prints every float with six decimals (``0.034000``) and a wide table runs
 off the page's content column. :func:`show` formats each numeric column with the decimals its
 values need (three significant digits, at most three decimals, none for whole numbers), hides
-a plain 0..n-1 index and wraps the table in a box that scrolls sideways; a table that cannot be
-drawn as narrow as the page (its numbers, row labels and longest words side by side) also gets a
-visible hint saying so. Chapters end a cell with
+a plain 0..n-1 index and wraps the table in a box that scrolls sideways, with a hint above it
+that shows when the box scrolls: a small script sets it as the page is drawn; where no script
+runs, the hint shows when the table cannot be drawn as narrow as the page (its numbers, row
+labels and longest words side by side, :meth:`Table.width_chars`). Chapters end a cell with
 ``tables.show(frame)`` instead of ``frame.style...``.
 """
 from __future__ import annotations
@@ -22,9 +23,16 @@ __all__ = ["show", "Table", "column_decimals", "format_number", "SCROLL_CLASS", 
 #: CSS classes of the scroll box and of the hint above a wide table (the browser test looks for them)
 SCROLL_CLASS = "vlmnb-table-scroll"
 HINT_CLASS = "vlmnb-table-hint"
-#: estimated width (in characters, cell padding included) above which a table gets the hint; the
-#: book's content column holds about 90 characters of table text at 1280 px
-WIDE_CHARS = 80
+#: narrowest width (in characters, cell padding included) above which a table gets the hint
+#: where no script runs; the book's content column holds about 90 characters of table text
+WIDE_CHARS = 90
+#: where scripts run (the built book, a trusted notebook), the hint follows the table as drawn:
+#: shown exactly when the scroll box really scrolls, on load and on every resize
+_FIT_SCRIPT = ("<script>(function () { var s = document.currentScript; if (!s) return;"
+               " var w = s.parentElement, b = w.querySelector('." + SCROLL_CLASS + "'),"
+               " h = w.querySelector('." + HINT_CLASS + "'); if (!b || !h) return;"
+               " function fit() { h.hidden = !(b.scrollWidth > b.clientWidth + 1); }"
+               " fit(); window.addEventListener('load', fit); window.addEventListener('resize', fit); })();</script>")
 MAX_DECIMALS = 3
 MISSING = "–"
 
@@ -136,11 +144,11 @@ class Table:
         return style
 
     def _repr_html_(self) -> str:
-        hint = (f'<p class="{HINT_CLASS}" style="font-size:0.8em;color:#555;margin:0 0 0.3em">'
-                f"&#8596; This table is wider than the page: scroll it sideways to see every column.</p>"
-                if self.wide else "")
+        hint = (f'<p class="{HINT_CLASS}" style="font-size:0.8em;color:#555;margin:0 0 0.3em"'
+                f'{"" if self.wide else " hidden"}>'
+                "&#8596; This table is wider than the page: scroll it sideways to see every column.</p>")
         return (f'<div class="vlmnb-table">{hint}<div class="{SCROLL_CLASS}" style="overflow-x:auto;max-width:100%">'
-                f"{self._styler().to_html()}</div></div>")
+                f"{self._styler().to_html()}</div>{_FIT_SCRIPT}</div>")
 
     def __repr__(self) -> str:
         return self.text.to_string(index=self.index)
