@@ -27,12 +27,16 @@ HINT_CLASS = "vlmnb-table-hint"
 #: where no script runs; the book's content column holds about 90 characters of table text
 WIDE_CHARS = 90
 #: where scripts run (the built book, a trusted notebook), the hint follows the table as drawn:
-#: shown exactly when the scroll box really scrolls, on load and on every resize
+#: shown exactly when the scroll box really scrolls, on load, when fonts arrive and whenever the
+#: box or the table changes size
 _FIT_SCRIPT = ("<script>(function () { var s = document.currentScript; if (!s) return;"
                " var w = s.parentElement, b = w.querySelector('." + SCROLL_CLASS + "'),"
                " h = w.querySelector('." + HINT_CLASS + "'); if (!b || !h) return;"
                " function fit() { h.hidden = !(b.scrollWidth > b.clientWidth + 1); }"
-               " fit(); window.addEventListener('load', fit); window.addEventListener('resize', fit); })();</script>")
+               " fit(); window.addEventListener('load', fit); window.addEventListener('resize', fit);"
+               " if (window.ResizeObserver) { var o = new ResizeObserver(fit); o.observe(b);"
+               " o.observe(b.querySelector('table') || b); }"
+               " if (document.fonts) { document.fonts.ready.then(fit); } })();</script>")
 MAX_DECIMALS = 3
 MISSING = "–"
 
