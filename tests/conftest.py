@@ -36,7 +36,16 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(scope="session")
 def built_book(tmp_path_factory) -> Path:
-    """Every chapter executed with the ``ci`` profile and the HTML book built, once per session."""
+    """Every chapter executed with the ``ci`` profile and the HTML book built, once per session.
+
+    ``VLMNB_BUILT_BOOK=<folder>`` checks a book built there already (``make book`` in that
+    folder: its ``_build/html``, ``book/chapters`` and ``runs``) instead of building one."""
+    given = os.environ.get("VLMNB_BUILT_BOOK")
+    if given:
+        root = Path(given).resolve()
+        if not (root / "_build" / "html" / "index.html").is_file():
+            pytest.fail(f"VLMNB_BUILT_BOOK={given} holds no built book (_build/html/index.html)")
+        return root
     root = copy_book_sources(tmp_path_factory.mktemp("book"))
     done = subprocess.run([sys.executable, "-m", "vlmnb", "book", "--profile", "ci"], cwd=root,
                           env=book_env(root), capture_output=True, text=True)

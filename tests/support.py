@@ -113,3 +113,16 @@ class FakeServer:
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def screenshot_page(browser, page_path: Path, out: Path, width: int = 1280) -> Path:
+    """A full-page screenshot of a built page (opened from its file), once its images and maths
+    are done; used for the test artifacts and for before/after comparisons of the book."""
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    page.goto(Path(page_path).as_uri(), wait_until="load")
+    page.evaluate("() => window.MathJax && MathJax.startup ? MathJax.startup.promise : null")
+    page.wait_for_function("() => Array.from(document.images).every(i => i.complete)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(out), full_page=True)
+    page.close()
+    return out

@@ -1,6 +1,7 @@
 """The papermill runner: parameter handling, skipping unchanged chapters, clear errors."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -348,3 +349,43 @@ def test_a_chapter_not_executed_gets_a_page_that_says_so(tmp_path):
     assert text.splitlines()[0] == "# Fine details are read from the image where they are"
     assert "make book ARGS=03_localization" in text and "not executed" in text
     assert not (tmp_path / "chapters" / book.STATE_FILE).exists()
+
+
+def test_every_chapter_opens_with_an_overview_and_closes_with_downloads_and_a_summary():
+    """The reader learns first what a chapter shows, what it runs on, its judge and how long it
+    takes; it ends with the chapter's downloads and a short summary."""
+    for chapter in book.chapters(ROOT):
+        nb = nbformat.read(chapter.source, as_version=4)
+        first = nb.cells[0].source
+        assert first.startswith("# ") and "\n## Overview\n" in first, chapter.name
+        for item in ("What it shows", "Runs on", "Judge", "Time", "Read first", "Downloads"):
+            assert f"- **{item}" in first, (chapter.name, item)
+        time_line = next(line for line in first.splitlines() if line.startswith("- **Time"))
+        assert re.search(r"about \d+ (seconds|minutes?|hours?)", time_line) and "2 CPU cores" in time_line, time_line
+        assert nb.cells[-1].cell_type == "markdown" and nb.cells[-1].source.startswith("## Summary\n"), chapter.name
+        code = [c.source for c in nb.cells if c.cell_type == "code"]
+        assert code[-1].startswith(f'downloads.publish("{chapter.name}"'), chapter.name
+        assert ".style" not in "\n".join(code), f"{chapter.name}: show tables with tables.show"
+
+
+def test_the_runner_quiets_the_kernels_and_sets_where_downloads_go(tmp_path):
+    from vlmnb.core.progress import ENV
+    from vlmnb.views.downloads import DIR_ENV, URL_ENV
+
+    env = book.kernel_environment(tmp_path)
+    assert env[ENV] == "0" and env["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+    assert book.QUIET_WARNINGS in env["PYTHONWARNINGS"]
+    assert env[DIR_ENV] == str(tmp_path / "book" / "chapters" / "_extra" / "_downloads")
+    # a chapter page is _build/html/book/chapters/<name>.html: two levels below the site's root
+    assert env[URL_ENV] == "../../_downloads"
+
+
+def test_chapters_run_without_the_package_progress_bars(mini_book):
+    _notebook(mini_book / "notebooks" / "b_second.ipynb", "n_images = 2",
+              "import os\nfrom vlmnb.core.progress import progress_bar\n"
+              "for _ in progress_bar(range(20), desc='quiet bar', mininterval=0): pass\n"
+              "print('downloads at', os.environ['VLMNB_DOWNLOADS_URL'])")
+    done = _cli(mini_book, "b_second", "--no-build")
+    assert done.returncode == 0, done.stderr
+    printed = _printed(mini_book / "book" / "chapters" / "b_second.ipynb")
+    assert "downloads at ../../_downloads" in printed and "quiet bar" not in printed, printed

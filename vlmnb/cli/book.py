@@ -38,6 +38,7 @@ import shlex
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,8 +51,13 @@ CHAPTER_DIR = Path("book") / "chapters"
 NOTEBOOK_DIR = Path("notebooks")
 PROFILES_FILE = NOTEBOOK_DIR / "profiles.yml"
 STATE_FILE = ".inputs.json"
-#: warnings the executed chapters leave out (see :func:`execute`)
+#: warnings the executed chapters leave out (see :func:`kernel_environment`)
 QUIET_WARNINGS = "ignore:IProgress not found"
+#: html_extra_path in _config.yml: its content is copied into the site's root, so a chapter's
+#: downloads (vlmnb.views.downloads), written to EXTRA_DIR/_downloads/<chapter>/, are served
+#: from _build/html/_downloads/<chapter>/
+EXTRA_DIR = CHAPTER_DIR / "_extra"
+DOWNLOADS = "_downloads"
 
 
 class BookError(RuntimeError):
@@ -266,6 +272,46 @@ def _tidy(path: Path) -> None:
     nbformat.write(nb, path)
 
 
+def kernel_environment(root: Path) -> dict[str, str]:
+    """What the runner adds to the environment of the kernels that execute the chapters, so
+    that a page shows results, not the machinery of the run:
+
+    - ``PYTHONWARNINGS``: transformers imports ``tqdm.auto``, which, without ipywidgets, warns
+      "IProgress not found" with a local site-packages path (the package's own bars are plain
+      text, :mod:`vlmnb.core.progress`);
+    - ``VLMNB_PROGRESS=0``: the package's progress bars are off (a page is read after the run);
+    - ``HF_HUB_DISABLE_PROGRESS_BARS=1``: the bars that transformers and huggingface_hub draw,
+      which they draw only while downloading or loading a model ("Loading weights"); their
+      logging, warnings and errors are untouched;
+    - where chapters write their downloads, and how a page links them (:mod:`vlmnb.views.downloads`).
+    """
+    from vlmnb.core.progress import ENV as PROGRESS_ENV
+    from vlmnb.views.downloads import DIR_ENV, URL_ENV
+
+    warnings_filter = os.environ.get("PYTHONWARNINGS", "")
+    if QUIET_WARNINGS not in warnings_filter:
+        warnings_filter = ",".join(filter(None, [warnings_filter, QUIET_WARNINGS]))
+    return {"PYTHONWARNINGS": warnings_filter, PROGRESS_ENV: "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            DIR_ENV: str(root / EXTRA_DIR / DOWNLOADS),
+            # from book/chapters/<chapter>.html up to the site's root
+            URL_ENV: "/".join([".."] * len(CHAPTER_DIR.parts) + [DOWNLOADS])}
+
+
+@contextmanager
+def _environment(values: dict[str, str]):
+    """``os.environ`` updated with ``values`` inside the block (the kernels inherit it), restored after."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 class _DeclaredParameters(logging.Filter):
     """Drops papermill's "Passed unknown parameter" warning: papermill reads only annotations of
     the form ``word[word, ...]`` and calls ``window: Literal["auto"] | list[int]`` unknown, while
@@ -296,19 +342,15 @@ def execute(chapter: Chapter, root: Path, *, kernel: str = "python3", force: boo
     print(f"[book] {chapter.name}: executing with {shown}", flush=True)
     start = time.time()
     partial = chapter.target.with_suffix(".partial.ipynb")
-    # The kernel inherits this: transformers imports tqdm.auto, which, without ipywidgets, warns
-    # "IProgress not found" with a local site-packages path into every chapter. Bars are plain
-    # text in the book (vlmnb.core.progress), so the advice is noise there.
-    if QUIET_WARNINGS not in os.environ.get("PYTHONWARNINGS", ""):
-        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), QUIET_WARNINGS]))
     try:
-        pm.execute_notebook(
-            str(chapter.source), str(partial), parameters=chapter.parameters,
-            kernel_name=kernel, cwd=str(root), progress_bar=progress,
-            report_mode=False, log_output=False,
-            # a busy machine can delay a cell's output past nbclient's 4 s default
-            iopub_timeout=120,
-        )
+        with _environment(kernel_environment(root)):
+            pm.execute_notebook(
+                str(chapter.source), str(partial), parameters=chapter.parameters,
+                kernel_name=kernel, cwd=str(root), progress_bar=progress,
+                report_mode=False, log_output=False,
+                # a busy machine can delay a cell's output past nbclient's 4 s default
+                iopub_timeout=120,
+            )
     except NoSuchKernel:
         raise BookError(f"{chapter.name}: no Jupyter kernel named {kernel!r}; install ipykernel "
                         f"in this environment or pass --kernel NAME") from None
@@ -347,6 +389,7 @@ def write_placeholder(chapter: Chapter) -> None:
 def build_html(root: Path) -> Path:
     """``jupyter-book build`` with warnings as errors; returns the HTML folder."""
     exe = Path(sys.executable).parent / "jupyter-book"
+    (root / EXTRA_DIR / DOWNLOADS).mkdir(parents=True, exist_ok=True)  # html_extra_path must exist
     cmd = [str(exe), "build", str(root), "-W", "--keep-going"]
     print("[book] jupyter-book build . -W --keep-going", flush=True)
     done = subprocess.run(cmd, cwd=root)

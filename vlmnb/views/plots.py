@@ -2,7 +2,9 @@
 
 Every figure is readable at book width (about 7 inches), has labelled axes with units, and,
 where the paper reports a value, draws it beside ours in a fixed colour with "paper" in the
-legend. Chapters call these functions rather than styling plots themselves.
+legend. Legends sit under the axes (:func:`legend_below`), never over the data. Each figure
+records the numbers it drew (:mod:`vlmnb.views.figure_data`) so that its chapter can offer
+them for download. Chapters call these functions rather than styling plots themselves.
 """
 from __future__ import annotations
 
@@ -10,7 +12,12 @@ from contextlib import contextmanager
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
+from matplotlib.patches import Patch
 import numpy as np
+import pandas as pd
+
+from vlmnb.views.figure_data import record
+from vlmnb.views.panels import HIGHLIGHT, detail_text_html, highlight_html, knockout_panel_html  # noqa: F401
 
 BOOK_WIDTH = 7.0  # inches; the book's content column
 SPAN_COLORS = {
@@ -58,9 +65,34 @@ def style():
 
 
 def figure(nrows: int = 1, ncols: int = 1, height: float = 3.6, **kw):
-    """A book-width figure with ``nrows x ncols`` axes, in the book's style."""
+    """A book-width figure with ``nrows x ncols`` axes, in the book's style; ``layout="constrained"``
+    for a figure with :func:`legend_below`."""
     use_style()
     return plt.subplots(nrows, ncols, figsize=(BOOK_WIDTH, height), **kw)
+
+
+#: characters of legend text that fit one row under a book-width figure (at font size 8)
+LEGEND_ROW_CHARS = 120
+
+
+def legend_below(fig, axes=None, fontsize: float = 8, extra=(), **kw):
+    """One legend for ``fig`` under its axes, outside the data (the figure's constrained layout
+    makes room for it), with the entries of ``axes`` (default: all) and the ``extra`` (handle,
+    label) pairs, in as few rows as fit."""
+    handles, labels = [], []
+    for ax in fig.axes if axes is None else axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    for handle, label in extra:
+        handles.append(handle)
+        labels.append(label)
+    if not labels:
+        return None
+    widest = max(len(label) for label in labels) + 6  # the handle and the gap to the next entry
+    ncol = max(1, min(len(labels), LEGEND_ROW_CHARS // widest))
+    return fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=fontsize, **kw)
 
 
 def paper_line(ax, y: float, label: str, orientation: str = "h", **kw):
@@ -118,15 +150,20 @@ def fractions_by_layer(fractions, title: str = "", paper_bands: dict | None = No
     Lines are the mean over images, bands the 10-90% range. ``paper_bands`` (name ->
     (first, last) layer in *this* model's depth) shades the paper's layer bands for reference.
     """
-    fig, ax = figure(height=3.8)
+    fig, ax = figure(height=4.0, layout="constrained")
+    numbers = []
     for span, color in SPAN_COLORS.items():
         sub = fractions[fractions.span == span]
         if sub.empty:
             continue
         g = sub.groupby("layer").fraction
         layers = np.asarray(g.mean().index)
-        ax.plot(layers, g.mean().to_numpy(), color=color, lw=2, label=span)
-        ax.fill_between(layers, g.quantile(0.1).to_numpy(), g.quantile(0.9).to_numpy(), color=color, alpha=0.2)
+        mean, p10, p90 = g.mean().to_numpy(), g.quantile(0.1).to_numpy(), g.quantile(0.9).to_numpy()
+        ax.plot(layers, mean, color=color, lw=2, label=span)
+        ax.fill_between(layers, p10, p90, color=color, alpha=0.2)
+        numbers.append(pd.DataFrame({"layer": layers, "span": span, "mean": mean, "p10": p10, "p90": p90}))
+    record("fractions_by_layer", pd.concat(numbers) if numbers else
+           pd.DataFrame(columns=["layer", "span", "mean", "p10", "p90"]))
     for name, (lo, hi) in (paper_bands or {}).items():
         ax.axvspan(lo - 0.5, hi + 0.5, color=PAPER_COLOR, alpha=0.07)
         ax.text((lo + hi) / 2, 1.01, f"paper: {name}", ha="center", va="bottom", fontsize=8,
@@ -134,7 +171,7 @@ def fractions_by_layer(fractions, title: str = "", paper_bands: dict | None = No
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("share of attention (0-1)")
     ax.set_ylim(0, 1)
-    ax.legend(ncol=4, loc="upper right")
+    legend_below(fig)
     if title:
         ax.set_title(title, pad=14)
     return fig
@@ -142,8 +179,10 @@ def fractions_by_layer(fractions, title: str = "", paper_bands: dict | None = No
 
 def token_vs_attention(shares, paper_query_tokens: float = 0.05, paper_query_attention: float = 0.60):
     """Each span's share of the tokens beside its share of the attention, paper thresholds dashed."""
-    fig, ax = figure(height=3.2)
+    fig, ax = figure(height=3.6, layout="constrained")
     spans = [s for s in shares.index if np.isfinite(shares.loc[s, "attention share"])]
+    record("token_vs_attention", pd.DataFrame({"span": spans, "token_share": shares.loc[spans, "token share"].to_numpy(),
+                                               "attention_share": shares.loc[spans, "attention share"].to_numpy()}))
     x = np.arange(len(spans))
     ax.bar(x - 0.2, shares.loc[spans, "token share"], 0.4, color="#bdbdbd", label="share of tokens")
     ax.bar(x + 0.2, shares.loc[spans, "attention share"], 0.4,
@@ -157,7 +196,7 @@ def token_vs_attention(shares, paper_query_tokens: float = 0.05, paper_query_att
     ax.set_xticks(x, spans)
     ax.set_ylabel("share (0-1)")
     ax.set_ylim(0, 1)
-    ax.legend(loc="upper left", fontsize=8)
+    legend_below(fig)
     return fig
 
 
@@ -172,6 +211,9 @@ def layer_maps(image, geometry, maps, layers, ncols: int = 4, title: str = ""):
     axes[0].axis("off")
     for ax, layer in zip(axes[1:], layers):
         image_heatmap(ax, image, geometry, maps[layer], title=f"layer {layer}", alpha=0.75)
+    record("layer_maps", pd.DataFrame([{"layer": layer, "token": t, "attention": float(v)}
+                                       for layer in layers for t, v in enumerate(np.asarray(maps[layer]).ravel())],
+                                      columns=["layer", "token", "attention"]))
     for ax in axes[len(layers) + 1:]:
         ax.axis("off")
     if title:
@@ -186,12 +228,17 @@ def attention_histograms(values_by_layer: dict, ncols: int = 4, bins: int = 40):
     nrows = int(np.ceil(len(layers) / ncols))
     fig, axes = figure(nrows, ncols, height=1.8 * nrows, sharey=True)
     axes = np.atleast_1d(axes).ravel()
+    numbers = []
     for ax, layer in zip(axes, layers):
         v = np.asarray(values_by_layer[layer])
-        ax.hist(v, bins=bins, color=SPAN_COLORS["image"])
+        counts, edges, _ = ax.hist(v, bins=bins, color=SPAN_COLORS["image"])
+        numbers.append(pd.DataFrame({"layer": layer, "bin_low": edges[:-1], "bin_high": edges[1:],
+                                     "count": counts.astype(int)}))
         ax.set_yscale("log")
         ax.set_title(f"layer {layer}", fontsize=9)
         ax.tick_params(labelsize=7)
+    record("attention_histograms", pd.concat(numbers) if numbers else
+           pd.DataFrame(columns=["layer", "bin_low", "bin_high", "count"]))
     for ax in axes[len(layers):]:
         ax.axis("off")
     fig.supxlabel("attention to one image token (head- and step-averaged)")
@@ -207,25 +254,34 @@ def f1_bars(summary, paper: dict | None = None, title: str = ""):
     ``summary``: rows with kind, scope ("all"/"outside"), mean, ci_low, ci_high.
     ``paper``: kind -> F1 the paper reports for all layers (drawn as purple ticks).
     """
-    fig, ax = figure(height=3.4)
+    fig, ax = figure(height=3.8, layout="constrained")
     kinds = [k for k in CONFIG_COLORS if k != "baseline" and k in set(summary.kind)]
     x = np.arange(len(kinds))
+    numbers, scopes = [], []
     for offset, scope, hatch in [(-0.2, "all", None), (0.2, "outside", "//")]:
         sub = summary[summary.scope == scope].set_index("kind").reindex(kinds)
         if sub["mean"].isna().all():
             continue
+        numbers.append(pd.DataFrame({"kind": kinds, "scope": scope, "mean": sub["mean"].to_numpy(),
+                                     "ci_low": sub["ci_low"].to_numpy(), "ci_high": sub["ci_high"].to_numpy(),
+                                     "paper": [(paper or {}).get(k, np.nan) if scope == "all" else np.nan
+                                               for k in kinds]}))
         err = np.vstack([sub["mean"] - sub["ci_low"], sub["ci_high"] - sub["mean"]])
         ax.bar(x + offset, sub["mean"], 0.38, yerr=err, capsize=3, hatch=hatch, edgecolor="white",
-               color=[CONFIG_COLORS[k] for k in kinds],
-               label="KO in all layers" if scope == "all" else "KO outside the middle window")
+               color=[CONFIG_COLORS[k] for k in kinds])
+        # the bars' colours name the knockout (on the axis); the legend shows the hatching only
+        scopes.append((Patch(facecolor="#9e9e9e", edgecolor="white", hatch=hatch),
+                       "KO in all layers" if scope == "all" else "KO outside the middle window"))
     for i, kind in enumerate(kinds):
         if paper and kind in paper:
             ax.plot([i - 0.4, i], [paper[kind]] * 2, color=PAPER_COLOR, lw=2.5,
                     label="paper, all layers (InternVL2-76B)" if i == 0 else None)
+    record("f1_bars", pd.concat(numbers) if numbers else
+           pd.DataFrame(columns=["kind", "scope", "mean", "ci_low", "ci_high", "paper"]))
     ax.set_xticks(x, kinds)
     ax.set_ylabel("F1 vs. baseline description")
     ax.set_ylim(0, 1.05)
-    ax.legend(loc="upper right", fontsize=8)
+    legend_below(fig, extra=scopes)
     if title:
         ax.set_title(title)
     return fig
@@ -236,7 +292,8 @@ def f1_by_start_layer(summary, n_layers: int, paper_rise: tuple[int, int] | None
 
     ``paper_rise``: the layers (rescaled to this model) where the paper sees F1 rise sharply.
     """
-    fig, ax = figure(height=3.6)
+    fig, ax = figure(height=4.0, layout="constrained")
+    record("f1_by_start_layer", summary[["kind", "start", "mean", "ci_low", "ci_high"]].sort_values(["kind", "start"]))
     for kind, sub in summary.groupby("kind"):
         sub = sub.sort_values("start")
         ax.plot(sub["start"], sub["mean"], marker="o", color=CONFIG_COLORS.get(kind), label=kind)
@@ -249,70 +306,10 @@ def f1_by_start_layer(summary, n_layers: int, paper_rise: tuple[int, int] | None
     ax.set_ylabel("F1 vs. baseline description")
     ax.set_xlim(-0.5, n_layers - 0.5)
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8, loc="lower right")
+    legend_below(fig)
     if title:
         ax.set_title(title)
     return fig
-
-
-HIGHLIGHT = {"found": "#b8e186", "missed": "#fdb863", "hallucinated": "#f4a6c6"}
-
-
-def highlight_html(text: str, words: dict) -> str:
-    """``text`` as HTML with each listed word/phrase highlighted: ``words`` maps a phrase to
-    one of "found", "missed", "hallucinated" (longest phrases first, case-insensitive)."""
-    import html
-    import re
-
-    if not words:
-        return html.escape(text)
-    phrases = sorted(words, key=len, reverse=True)
-    pattern = re.compile("|".join(re.escape(p) for p in phrases), re.IGNORECASE)
-    out, last = [], 0
-    for m in pattern.finditer(text):
-        kind = words.get(m.group(0).lower(), words.get(m.group(0)))
-        out.append(html.escape(text[last:m.start()]))
-        color = HIGHLIGHT.get(kind, "#dddddd")
-        out.append(f'<span style="background:{color};border-radius:3px;padding:0 2px" title="{kind}">'
-                   f"{html.escape(m.group(0))}</span>")
-        last = m.end()
-    out.append(html.escape(text[last:]))
-    return "".join(out)
-
-
-def knockout_panel_html(image, baseline: str, rows: list[dict], width: int = 160) -> str:
-    """Fig. 5 style: the image, its baseline description, and per configuration the modified
-    description with found / missed / hallucinated objects highlighted and its F1.
-
-    ``rows``: dicts with config, text, f1, original_objects, modified_objects, matched
-    (from the judge). The image is embedded as a PNG data URI (the page stays offline).
-    """
-    import base64
-    import html
-    import io
-
-    buf = io.BytesIO()
-    image.convert("RGB").save(buf, format="PNG")
-    uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-    legend = " ".join(f'<span style="background:{c};padding:0 4px;border-radius:3px">{k}</span>'
-                      for k, c in HIGHLIGHT.items())
-    parts = [f'<table style="font-size:0.85em"><tr><td rowspan="{len(rows) + 1}" style="vertical-align:top">'
-             f'<img src="{uri}" width="{width}" alt="input image"/></td>'
-             f"<td><b>baseline</b></td><td>{html.escape(baseline)}</td><td></td></tr>"]
-    for row in rows:
-        orig, mod = list(row.get("original_objects", [])), list(row.get("modified_objects", []))
-        found = {m.lower() for m in mod if m.lower() in {o.lower() for o in orig}}
-        words = {m.lower(): ("found" if m.lower() in found else "hallucinated") for m in mod}
-        missed = [o for o in orig if o.lower() not in found]
-        f1 = row.get("f1", float("nan"))
-        parts.append(f"<tr><td><b>{html.escape(row['config'])}</b></td>"
-                     f"<td>{highlight_html(row['text'], words)}"
-                     + ("<br/><i>missed:</i> " + ", ".join(
-                         f'<span style="background:{HIGHLIGHT["missed"]};padding:0 2px">{html.escape(m)}</span>'
-                         for m in missed) if missed else "")
-                     + f"</td><td>F1 {f1:.2f}</td></tr>")
-    parts.append(f"</table><p style='font-size:0.8em'>{legend}</p>")
-    return "".join(parts)
 
 
 # --- chapter 3: localisation of fine details (owned by the localisation chapter)
@@ -323,7 +320,15 @@ def localization_by_layer(by_layer, by_window, chance: dict, n_layers: int, pape
     band = its interval) and, from ``paper`` (an entry of ``vlmnb.experiments.paper.LOCALIZATION`` plus
     ``layers``, the paper model's depth), the paper's peak accuracy and its middle layers
     rescaled to this model's depth."""
-    fig, ax = figure(height=3.6)
+    fig, ax = figure(height=4.0, layout="constrained")
+    numbers = [pd.DataFrame({"series": "window", "first": by_window["first"], "last": by_window["last"],
+                             "mean": by_window["mean"], "ci_low": by_window["ci_low"], "ci_high": by_window["ci_high"]}),
+               pd.DataFrame({"series": "layer", "first": by_layer["layer"], "last": by_layer["layer"],
+                             "mean": by_layer["mean"], "ci_low": by_layer["ci_low"], "ci_high": by_layer["ci_high"]})]
+    if chance:
+        numbers.append(pd.DataFrame([{"series": "chance", "first": 0, "last": n_layers - 1, "mean": chance.get("mean"),
+                                      "ci_low": chance.get("ci_low"), "ci_high": chance.get("ci_high")}]))
+    record("localization_by_layer", pd.concat([n for n in numbers if len(n)] or numbers[:1]))
     if len(by_window):
         centres = (by_window["first"] + by_window["last"]) / 2
         widths = by_window["last"] - by_window["first"] + 0.9
@@ -350,8 +355,7 @@ def localization_by_layer(by_layer, by_window, chance: dict, n_layers: int, pape
     ax.set_ylabel("localisation accuracy\n(share of details)")
     ax.set_xlim(-0.7, n_layers - 0.3)
     ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
+    legend_below(fig)
     if title:
         ax.set_title(title)
     return fig
@@ -387,6 +391,10 @@ def detail_gallery(items: list, ncols: int = 2, title: str = ""):
     ``items``: dicts with image, geometry, mask, map, phrase, image_id (see
     ``vlmnb.experiments.localize.gallery_items``). For tiled models the view holding the peak is drawn.
     """
+    record("detail_gallery", pd.DataFrame([{"image_id": str(it["image_id"]), "phrase": it["phrase"], "token": t,
+                                            "attention": float(v)}
+                                           for it in items for t, v in enumerate(np.asarray(it["map"]).ravel())],
+                                          columns=["image_id", "phrase", "token", "attention"]))
     n = len(items)
     if n == 0:
         fig, ax = figure(height=1.0)
@@ -419,37 +427,17 @@ def detail_gallery(items: list, ncols: int = 2, title: str = ""):
     return fig
 
 
-def detail_text_html(items: list) -> str:
-    """The descriptions of gallery ``items`` as HTML, each detail's mention highlighted
-    (characters ``span`` of ``text``)."""
-    import html
-
-    by_text: dict[tuple[str, str], list[tuple[int, int]]] = {}
-    for it in items:
-        by_text.setdefault((it["image_id"], it["text"]), []).append(tuple(it["span"]))
-    parts = []
-    for (image_id, text), spans in by_text.items():
-        out, last = [], 0
-        for s, e in sorted(set(spans)):
-            if s < last:
-                continue
-            out.append(html.escape(text[last:s]))
-            out.append(f'<span style="background:{HIGHLIGHT["missed"]};border-radius:3px;padding:0 2px">'
-                       f"{html.escape(text[s:e])}</span>")
-            last = e
-        out.append(html.escape(text[last:]))
-        parts.append(f"<p style='font-size:0.85em'><b>{html.escape(str(image_id))}</b>: {''.join(out)}</p>")
-    return "".join(parts)
-
-
 # --- chapters 4-5: image-token redundancy (top-k) and image re-prompting
 def f1_by_k(summary, n_image: int, paper_plateau_k: float | None = 0.05, paper_f1: float | None = 0.8,
             title: str = ""):
     """Fig. 9 / A7 style: mean F1 (95% band) when generated tokens see only each layer's top-k
     image tokens, against k (log axis, with the number of kept tokens under each tick)."""
-    fig, ax = figure(height=3.4)
+    fig, ax = figure(height=4.0, layout="constrained")
     sub = summary.sort_values("k")
     ks = sub["k"].astype(float).to_numpy()
+    record("f1_by_k", pd.DataFrame({"k": ks, "tokens_kept": [max(1, int(round(k * n_image))) for k in ks],
+                                    "mean": sub["mean"].to_numpy(), "ci_low": sub["ci_low"].to_numpy(),
+                                    "ci_high": sub["ci_high"].to_numpy()}))
     ax.plot(ks * 100, sub["mean"], marker="o", color=OURS_COLOR, label="ours")
     ax.fill_between(ks * 100, sub["ci_low"], sub["ci_high"], color=OURS_COLOR, alpha=0.15)
     if paper_plateau_k:
@@ -463,7 +451,7 @@ def f1_by_k(summary, n_image: int, paper_plateau_k: float | None = 0.05, paper_f
     ax.set_xlabel(f"image tokens kept per layer (of {n_image})")
     ax.set_ylabel("F1 vs. full-image description")
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8, loc="lower right")
+    legend_below(fig)
     if title:
         ax.set_title(title)
     return fig
@@ -474,22 +462,27 @@ def table1_bars(ours, paper=None, title: str = ""):
     purple ticks). ``ours`` / ``paper``: tables from :func:`vlmnb.experiments.reprompt.table1` /
     :func:`vlmnb.experiments.reprompt.paper_table1`; rows are matched by the method name before any " [".
     """
-    fig, ax = figure(height=3.4)
+    fig, ax = figure(height=3.8, layout="constrained")
     labels = [str(i) for i in ours.index]
     names = [s.split(" [")[0] for s in labels]
     x = np.arange(len(labels))
+    numbers = []
     for offset, metric, alpha in [(-0.2, "ACC", 0.9), (0.2, "ACC+", 0.5)]:
         ax.bar(x + offset, ours[("Average", metric)], 0.38, color=OURS_COLOR, alpha=alpha, label=f"ours, {metric}")
+        values = [paper.loc[n, ("Average", metric)] if paper is not None and n in paper.index else np.nan
+                  for n in names]
+        numbers.append(pd.DataFrame({"method": labels, "metric": metric,
+                                     "ours": ours[("Average", metric)].to_numpy(), "paper": values}))
         if paper is not None:
-            values = [paper.loc[n, ("Average", metric)] if n in paper.index else np.nan for n in names]
             ax.plot(np.repeat(x + offset, 2).reshape(-1, 2).T + np.array([[-0.17], [0.17]]), [values, values],
                     color=PAPER_COLOR, lw=2.5)
     if paper is not None:
         ax.plot([], [], color=PAPER_COLOR, lw=2.5, label="paper (InternVL2-76B, MME)")
     ax.set_xticks(x, [n.replace(" + ", "+\n") for n in names], fontsize=8)
+    record("table1_bars", pd.concat(numbers))
     ax.set_ylabel("average over categories (%)")
     ax.set_ylim(0, 105)
-    ax.legend(fontsize=8, loc="upper right")
+    legend_below(fig)
     if title:
         ax.set_title(title)
     return fig
@@ -498,8 +491,11 @@ def table1_bars(ours, paper=None, title: str = ""):
 def reprompt_cost(cost, title: str = ""):
     """How many times fewer KV-cache bytes and how many times faster per extra question than
     Naive, per method (log axis; 1 = as Naive)."""
-    fig, ax = figure(height=3.2)
+    fig, ax = figure(height=3.6, layout="constrained")
     cost = cost.drop(index=[i for i in cost.index if str(i).startswith("Describe")], errors="ignore")
+    record("reprompt_cost", pd.DataFrame({"method": [str(i) for i in cost.index],
+                                          "fewer_kv_bytes_x": cost["fewer_kv_bytes_x"].to_numpy(),
+                                          "faster_x": cost["faster_x"].to_numpy()}))
     x = np.arange(len(cost))
     ax.bar(x - 0.2, cost["fewer_kv_bytes_x"], 0.38, color=OURS_COLOR, label="x fewer KV-cache bytes")
     ax.bar(x + 0.2, cost["faster_x"], 0.38, color=OURS_COLOR, alpha=0.45,
@@ -508,7 +504,7 @@ def reprompt_cost(cost, title: str = ""):
     ax.set_yscale("log")
     ax.set_xticks(x, [str(n).replace(" + ", "+\n") for n in cost.index], fontsize=8)
     ax.set_ylabel("ratio to Naive")
-    ax.legend(fontsize=8, loc="upper left")
+    legend_below(fig)
     if title:
         ax.set_title(title)
     return fig

@@ -10,6 +10,7 @@ import pandas as pd
 from vlmnb.toy.curves import CURVE_COLUMNS, training_curves  # noqa: F401  (re-exported for the chapter)
 from vlmnb.toy.scenes import Scene
 from vlmnb.views import plots
+from vlmnb.views.figure_data import record
 
 
 def show_scenes(scenes: list[Scene], masks: bool = True, ncols: int = 4, titles: list[str] | None = None):
@@ -17,6 +18,10 @@ def show_scenes(scenes: list[Scene], masks: bool = True, ncols: int = 4, titles:
     image and, below it, its object masks in false colour."""
     import matplotlib.pyplot as plt
 
+    record("scenes", pd.DataFrame([{"scene": scene.index, "object": k, "color": o.color, "shape": o.shape,
+                                    "size": o.size, "cell": o.cell}
+                                   for scene in scenes for k, o in enumerate(scene.objects)],
+                                  columns=["scene", "object", "color", "shape", "size", "cell"]))
     rows = 2 if masks else 1
     ncols = min(ncols, len(scenes))
     nblocks = -(-len(scenes) // ncols)
@@ -81,17 +86,23 @@ def plot_training_curves(curves: pd.DataFrame | str | Path, title: str = ""):
 
     if not isinstance(curves, pd.DataFrame):
         curves = pd.read_csv(curves)
-    fig, (left, right) = plots.figure(1, 2, height=3.4)
+    drawn = [c for c in ("loss_description", "loss_position_lookup", "first_existence", "first_color",
+                         "first_position", "first_count") if c in curves]
+    stage = curves["stage"] if "stage" in curves else pd.Series(np.nan, index=curves.index)
+    record("training_curves", pd.concat([pd.DataFrame({"step": curves["step"], "stage": stage, "curve": c,
+                                                       "loss": curves[c]}) for c in drawn])
+           if drawn else pd.DataFrame(columns=["step", "stage", "curve", "loss"]))
+    fig, (left, right) = plots.figure(1, 2, height=4.0, layout="constrained")
     for column in ("loss_description", "loss_position_lookup"):
         if column in curves:
-            left.plot(curves["step"], curves[column], label=CURVE_COLUMNS[column])
+            left.plot(curves["step"], curves[column], label=CURVE_COLUMNS[column], color=f"C{drawn.index(column)}")
     left.set_yscale("log")
     left.set_xlabel("training step")
     left.set_ylabel("loss per answer token (nats, log scale)")
-    left.legend()
     for column in ("first_existence", "first_color", "first_position", "first_count"):
         if column in curves:
-            right.plot(curves["step"], curves[column], label=CURVE_COLUMNS[column])
+            # one colour per curve across both panels: they share one legend
+            right.plot(curves["step"], curves[column], label=CURVE_COLUMNS[column], color=f"C{drawn.index(column)}")
     right.axhline(np.log(2), color="black", ls=":", lw=1, label="chance (ln 2)")
     if "stage" in curves:  # several training commands, one after the other
         for stage, first in curves.groupby("stage")["step"].min().items():
@@ -104,10 +115,9 @@ def plot_training_curves(curves: pd.DataFrame | str | Path, title: str = ""):
     right.set_ylim(0, max(1.0, float(np.log(2)) * 1.2))
     right.set_xlabel("training step")
     right.set_ylabel("loss of the yes/no token (nats)")
-    right.legend(fontsize=7)
+    plots.legend_below(fig)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     plt.close(fig)
     return fig
 
