@@ -51,3 +51,25 @@ def test_outcomes_table_shows_status_and_measurement():
     assert table.loc["own_generate", "measured"] == "8 tokens identical"
     assert list(supported.statements().index) == list(invariants.NAMES)
 
+
+
+def test_invariant_matrix_draws_and_records_each_status():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from vlmnb.views import figure_data
+
+    checks = pd.DataFrame({"own_generate": ["\u2713", "\u2717"], "geometry": ["n/a", "\u2713"]},
+                          index=pd.Index(["llava", "gemma3"], name="family"))
+    figure_data.clear()
+    fig = supported.invariant_matrix(checks)
+    (name, table), = figure_data.drawn()
+    assert name == "invariant_matrix"
+    assert table.set_index(["family", "invariant"])["status"].to_dict() == {
+        ("llava", "own_generate"): "pass", ("llava", "geometry"): "n/a",
+        ("gemma3", "own_generate"): "fail", ("gemma3", "geometry"): "pass"}
+    drawn = fig.axes[0].images[0].get_array()
+    assert drawn.tolist() == [[0, 2], [1, 0]]  # pass, n/a / fail, pass
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["llava", "gemma3"]

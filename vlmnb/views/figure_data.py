@@ -26,6 +26,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "reprompt_cost": ("method", "fewer_kv_bytes_x", "faster_x"),
     "scenes": ("scene", "object", "color", "shape", "size", "cell"),
     "training_curves": ("step", "stage", "curve", "loss"),
+    "invariant_matrix": ("family", "invariant", "status"),
 }
 
 _drawn: list[tuple[str, pd.DataFrame]] = []

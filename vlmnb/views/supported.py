@@ -13,6 +13,7 @@ from vlmnb.engine.remote import RemoteCodeMissing
 from vlmnb.engine.spans import image_token_id, prepare
 from vlmnb.engine.vlm import VLM
 from vlmnb.experiments import paper
+from vlmnb.views import figure_data, plots
 
 #: the picture size image-token counts are given for (width, height)
 REFERENCE_PICTURE = (640, 480)
@@ -109,3 +110,40 @@ def outcomes_table(outcomes: Sequence[invariants.Outcome]):
 
     return pd.DataFrame([{"invariant": o.name, "status": MARKS[o.status], "measured": o.detail}
                          for o in outcomes]).set_index("invariant")
+
+
+#: colours of the invariant matrix: held, broken, cannot be checked
+STATUS_COLORS = {"pass": "#4c9a5a", "fail": "#c0392b", "n/a": "#bbbbbb"}
+
+
+def invariant_matrix(checks):
+    """One square per family (rows) and invariant (columns): green held, red broken, grey n/a on
+    the family's tiny model; ``checks`` is the second table of :func:`supported_models`."""
+    import matplotlib.colors as mcolors
+    import numpy as np
+    import pandas as pd
+
+    statuses = {mark: status for status, mark in MARKS.items()}
+    codes = {status: i for i, status in enumerate(STATUS_COLORS)}
+    grid = np.array([[codes[statuses[v]] for v in row] for row in checks.to_numpy()], dtype=float)
+    fig, ax = plots.figure(height=0.28 * len(checks) + 1.6, layout="constrained")
+    ax.imshow(grid, cmap=mcolors.ListedColormap(list(STATUS_COLORS.values())), vmin=-0.5,
+              vmax=len(STATUS_COLORS) - 0.5, aspect="auto")
+    ax.set_xticks(range(checks.shape[1]), [c.replace("_", " ") for c in checks.columns], rotation=35, ha="right")
+    ax.set_yticks(range(len(checks)), checks.index)
+    ax.set_xlabel("invariant")
+    ax.set_ylabel("family (tiny random model)")
+    ax.grid(False)
+    plots.legend_below(fig, extra=[(status_patch(color), label)
+                                   for label, color in zip(("held", "broken", "n/a"), STATUS_COLORS.values())])
+    figure_data.record("invariant_matrix", pd.DataFrame(
+        [(family, invariant, statuses[mark]) for family, row in checks.iterrows() for invariant, mark in row.items()],
+        columns=figure_data.COLUMNS["invariant_matrix"]))
+    return fig
+
+
+def status_patch(color: str):
+    """A legend handle: a square of ``color``."""
+    from matplotlib.patches import Patch
+
+    return Patch(facecolor=color)
