@@ -31,8 +31,12 @@ from typing import Callable
 
 import numpy as np
 
+from vlmnb.core.progress import progress_bar
+from vlmnb.engine import batched
+from vlmnb.engine.compress import describe
 from vlmnb.engine.knockout import Knockout, from_layer
 from vlmnb.engine.record import Record
+from vlmnb.engine.vlm import VLM
 
 NEW_TOKENS = 8
 
@@ -256,8 +260,6 @@ def _split_eos(vlm, inp, rows, new):
 
 
 def batched_rows(vlm) -> str:
-    from vlmnb.engine import batched
-
     inp = vlm.prepare(noise_image(1), "describe the image")
     rows = sweep_rows(vlm)
     spec = Record(fractions=False, image_rows=True)
@@ -281,8 +283,6 @@ def batched_rows(vlm) -> str:
 
 
 def compression(vlm) -> str:
-    from vlmnb.engine.compress import describe
-
     ip = describe(vlm, noise_image(9), max_new_tokens=4)
     ctx = ip.compress(k=1.0)
     require(ctx.num_tokens == ip.prompt_length, f"k=100% kept {ctx.num_tokens} of {ip.prompt_length} tokens")
@@ -409,8 +409,6 @@ def painted_square(vlm, size=(56, 40), rect=(4, 4, 40, 16)) -> str:
 
 
 def geometry(vlm) -> str:
-    from vlmnb.engine.vlm import VLM
-
     local = VLM(local_vision_copy(vlm.model), vlm.processor, name=vlm.name, family=vlm.family)
     return painted_square(local)
 
@@ -457,8 +455,6 @@ def check(vlm, names=None, progress: bool = False) -> list[Outcome]:
     A broken invariant is an outcome ``"fail"`` with its message, not an exception; errors
     other than InvariantBroken / NotApplicable propagate (they are bugs, not findings).
     """
-    from vlmnb.core.progress import progress_bar
-
     chosen = [get(n) for n in (names or NAMES)]
     outcomes = []
     for invariant in progress_bar(chosen, desc=f"invariants of {vlm.name}", disable=not progress):

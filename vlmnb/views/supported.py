@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
+from vlmnb.core.progress import progress_bar
 from vlmnb.engine import families as registry
 from vlmnb.engine import invariants, tiny
 from vlmnb.engine.remote import RemoteCodeMissing
@@ -63,8 +64,6 @@ def supported_models(names: Sequence[str] | None = None, run_checks: bool = True
     one column per invariant (pass / fail / n/a), empty when ``run_checks`` is False.
     """
     import pandas as pd
-
-    from vlmnb.core.progress import progress_bar
 
     rows, marks = [], {}
     for name in progress_bar(ordered(names), desc="families", disable=not progress):
