@@ -22,7 +22,7 @@ from PIL import Image  # noqa: E402
 from vlmnb.engine.spans import Geometry, View  # noqa: E402
 from vlmnb.experiments import reprompt  # noqa: E402
 from vlmnb.toy.scenes import make_scenes  # noqa: E402
-from vlmnb.views import figure_data, plots  # noqa: E402
+from vlmnb.views import figure_data, plots, supported  # noqa: E402
 from vlmnb.views import toy as toy_views  # noqa: E402
 
 KINDS = ["img->gen", "img->query", "img->query+gen"]
@@ -100,8 +100,10 @@ FIGURES = {
         {"step": [50, 100, 150, 200], "stage": [1, 1, 2, 2], "loss_description": [2.0, 0.5, 0.1, 0.01],
          "loss_position_lookup": [2.0, 1.0, 0.3, 0.1], "first_existence": [0.9, 0.7, 0.1, 0.0],
          "first_color": [0.95, 0.69, 0.3, 0.01]})),
+    "invariant_matrix": lambda: supported.invariant_matrix(pd.DataFrame(
+        {"own_generate": ["\u2713", "\u2717"], "geometry": ["n/a", "\u2713"]}, index=["llava", "gemma3"])),
 }
-WITH_LEGEND = ["fractions_by_layer", "token_vs_attention", "f1_bars", "f1_by_start_layer", "localization_by_layer",
+WITH_LEGEND = ["invariant_matrix", "fractions_by_layer", "token_vs_attention", "f1_bars", "f1_by_start_layer", "localization_by_layer",
                "f1_by_k", "table1_bars", "reprompt_cost", "training_curves"]
 
 
