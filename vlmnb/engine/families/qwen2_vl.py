@@ -70,14 +70,19 @@ def build_qwen(seed: int, view: int, v25: bool):
                          bos_token_id=None, rope_parameters={"rope_type": "default", "mrope_section": section,
                                                              "rope_theta": 10000.0}, **TEXT),
         vision_config=vision,
-        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
-        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
-        vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
+        **vision_token_ids(tok),
     )
     with seeded(seed):
         model = Model(config)
     return finish(model, tok, seed), processor
+
+
+def vision_token_ids(tok) -> dict:
+    """The config's image, video and begin/end-of-vision token ids (Qwen-VL's special tokens)."""
+    return dict(image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+                video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
+                vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+                vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"))
 
 
 def build_tiny(seed: int, view: int):

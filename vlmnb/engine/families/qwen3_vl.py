@@ -14,7 +14,7 @@ knockout leaves untouched stays untouched, and the features depend only on their
 from __future__ import annotations
 
 from vlmnb.engine.families.base import Family
-from vlmnb.engine.families.qwen2_vl import geometry, markers
+from vlmnb.engine.families.qwen2_vl import geometry, markers, vision_token_ids
 from vlmnb.engine.tinykit import TEXT, at_reference_sizes, chatml, finish, make_tokenizer, seeded
 
 TEMPLATE = chatml("<|vision_start|><|image_pad|><|vision_end|>")
@@ -55,10 +55,7 @@ def build_qwen3(seed: int, view: int, moe: bool = False):
                   num_position_embeddings=(view // patch) ** 2, deepstack_visual_indexes=[0, 1])
     config = Config(
         text_config=text, vision_config=vision,
-        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
-        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
-        vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
+        **vision_token_ids(tok),
     )
     with seeded(seed):
         model = Model(config)
