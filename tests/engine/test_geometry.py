@@ -327,4 +327,6 @@ def test_pil_backend_processors_share_the_geometry(family, built):
     settings = {k: v for k, v in ip.to_dict().items()
                 if not k.startswith("_") and k not in ("image_processor_type", "processor_class", "backend")}
     processor.image_processor = pil_class(**settings)
-    invariants.painted_square(VLM(invariants.local_vision_copy(model), processor), (56, 40), (4, 4, 40, 16))
+    local = VLM(invariants.local_vision_copy(model), processor)
+    covering, distant = invariants.painted_square(local, (56, 40), (4, 4, 40, 16))  # raises if the paint strays
+    assert covering > 0 and distant > 0

@@ -113,8 +113,8 @@ def test_painted_region_at_the_reference_sizes(family, built):
         real_sized = type(model)(config).eval()
     entry.init_random(real_sized)
     vlm = VLM(invariants.local_vision_copy(real_sized), processor, name=f"reference-{family}")
-    detail = invariants.painted_square(vlm, (500, 360), (40, 200, 300, 330))
-    assert "did not" in detail
+    covering, distant = invariants.painted_square(vlm, (500, 360), (40, 200, 300, 330))
+    assert covering > 0 and distant > 0
 
 
 @pytest.mark.parametrize("family", MODELS)
@@ -123,7 +123,8 @@ def test_painted_region_at_the_reference_sizes(family, built):
 def test_painted_region_other_shapes(family, size, rect, built):
     model, processor = built(family)
     vlm = VLM(invariants.local_vision_copy(model), processor, name=f"local-{family}")
-    invariants.painted_square(vlm, size, rect)
+    covering, distant = invariants.painted_square(vlm, size, rect)  # raises InvariantBroken if they changed wrongly
+    assert covering > 0 and distant > 0
 
 
 def test_images_are_seeded():

@@ -373,10 +373,11 @@ def image_embeddings(vlm, prepared) -> np.ndarray:
     return captured["embeds"][0, prepared.spans.image].numpy()
 
 
-def painted_square(vlm, size=(56, 40), rect=(4, 4, 40, 16)) -> str:
+def painted_square(vlm, size=(56, 40), rect=(4, 4, 40, 16)) -> tuple[int, int]:
     """Paint ``rect`` of a flat ``size`` picture: the image tokens whose boxes cover the paint
     must change, those well away from it must not (``vlm``'s vision layers must be local, see
-    :func:`local_vision_copy`), and structure tokens never."""
+    :func:`local_vision_copy`), and structure tokens never. Returns how many tokens cover the
+    paint and how many lie well away from it (both checked); raises InvariantBroken otherwise."""
     from PIL import Image
 
     W, H = size
@@ -405,12 +406,13 @@ def painted_square(vlm, size=(56, 40), rect=(4, 4, 40, 16)) -> str:
     require(changed[covers].all(), f"tokens covering the paint did not change: {np.flatnonzero(covers & ~changed)}")
     require(not changed_clearly[far].any(), f"tokens away from the paint changed: {np.flatnonzero(far & changed_clearly)}")
     require(not changed[~has].any(), "structure tokens changed with the pixels")
-    return f"{int(covers.sum())} covering tokens changed, {int(far.sum())} distant ones did not"
+    return int(covers.sum()), int(far.sum())
 
 
 def geometry(vlm) -> str:
     local = VLM(local_vision_copy(vlm.model), vlm.processor, name=vlm.name, family=vlm.family)
-    return painted_square(local)
+    covering, distant = painted_square(local)
+    return f"{covering} covering tokens changed, {distant} distant ones did not"
 
 
 # ----------------------------------------------------------------------------- registry of checks

@@ -14,7 +14,7 @@ missing: the same modules, weights and code (the vision encoder, projector and l
 the checkpoint's, nothing of it is changed), an ``__init__`` that completes the config
 (:func:`complete_config`) and ends with ``post_init()``, and an :class:`ImageTokenModel` interface
 on top: ``forward`` embeds the prompt, writes the image features (the family's
-:meth:`ImageTokenModel.image_features`) at the image-token positions and calls the language model
+:class:`ImageTokenModel`'s ``image_features``) at the image-token positions and calls the language model
 with them; ``generate`` is transformers' own over that ``forward``. Knockouts, recording and
 compressed contexts act on the language model, which dispatches attention through transformers'
 ``AttentionInterface`` like every other family's decoder.
@@ -43,7 +43,9 @@ class ImageTokenModel:
     transformers causal LM and whose image features go where the prompt holds
     ``config.image_token_id``.
 
-    A family subclasses it and defines :meth:`image_features`; :func:`completed_class` puts it in
+    A family subclasses it and defines ``image_features(pixel_values)``: the ``(pictures, tokens,
+    hidden)`` language-model inputs for ``pixel_values`` (one picture per row: tiles, thumbnails),
+    in the order the prompt's image tokens take them. :func:`completed_class` puts the subclass in
     front of the checkpoint's class.
     """
 
@@ -51,11 +53,6 @@ class ImageTokenModel:
     main_input_name = "input_ids"
     #: the attribute of the config that holds the language model's config
     text_config_name = "llm_config"
-
-    def image_features(self, pixel_values):
-        """``(pictures, tokens, hidden)`` language-model inputs for ``pixel_values`` (one picture per
-        row: tiles, thumbnails), in the order the image tokens of the prompt take them."""
-        raise NotImplementedError
 
     def get_decoder(self):
         """The text decoder (the module holding the decoder layers)."""
