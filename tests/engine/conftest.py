@@ -1,7 +1,6 @@
 """Fixtures the engine tests share: a tiny random LLaVA built from a config with hand-made
 inputs (``tiny_llava``, ``tiny_vlm``, ``make_input``), noise images (``noise``), the tiny
-models of every family (``built``) and sweep rows ending at different steps
-(``eos_splitting_rows``). Factories are session-scoped, so module-scoped fixtures can
+models of every family (``built``). Factories are session-scoped, so module-scoped fixtures can
 use them; each test module builds its own model from them."""
 from __future__ import annotations
 
@@ -92,26 +91,6 @@ def _noise(width, height, seed=0):
 @functools.lru_cache(maxsize=None)
 def _built(family):
     return tiny.build(family, seed=0)
-
-
-def _eos_splitting_rows(vlm, inp, rows, new):
-    """Set the model's end-of-sequence id to one that some sweep rows produce early and others
-    late or never (the caller restores ``generation_config.eos_token_id``)."""
-    gen_config = vlm.model.generation_config
-    gen_config.eos_token_id = None
-    free = [vlm.generate(inp, max_new_tokens=new, knockout=k or None).token_ids for k in rows]
-    counts = {}
-    for ids in free:
-        for t in set(ids[1:-1]):
-            counts[t] = counts.get(t, 0) + 1
-    gen_config.eos_token_id = min(counts, key=lambda t: (abs(counts[t] - len(rows) / 2), t))
-
-
-@pytest.fixture(scope="session")
-def eos_splitting_rows():
-    """Function ``(vlm, inp, rows, new)``: make the rows of a sweep end at different steps (see
-    ``_eos_splitting_rows``)."""
-    return _eos_splitting_rows
 
 
 @pytest.fixture(scope="session")

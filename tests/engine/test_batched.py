@@ -10,7 +10,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from vlmnb.engine import batched  # noqa: E402
+from vlmnb.engine import batched, invariants  # noqa: E402
 from vlmnb.experiments import sweep  # noqa: E402
 from vlmnb.engine import tiny  # noqa: E402
 from vlmnb.engine.knockout import Knockout, from_layer  # noqa: E402
@@ -291,7 +291,7 @@ def test_record_rows_records_only_those_rows(vlm):
         vlm.generate_batch([inp, inp], max_new_tokens=2, record=spec, row_knockouts=knockouts, record_rows=[2])
 
 
-def test_early_stop_drops_finished_rows_and_keeps_outputs(vlm, eos_splitting_rows):
+def test_early_stop_drops_finished_rows_and_keeps_outputs(vlm):
     """Rows that end leave the batch (later steps run fewer rows); ids and the recorded baseline
     row equal the single runs and the no-early-stop batch."""
     inp = vlm.prepare(_image(3))
@@ -304,7 +304,7 @@ def test_early_stop_drops_finished_rows_and_keeps_outputs(vlm, eos_splitting_row
         lambda m, a, k: sizes.append(int((k.get("inputs_embeds") if k.get("inputs_embeds") is not None
                                           else k["input_ids"]).shape[0])), with_kwargs=True)
     try:
-        eos_splitting_rows(vlm, inp, rows, NEW)
+        invariants.split_eos(vlm, inp, rows, NEW)
         expected = _reference(vlm, inp, rows)
         lengths = [len(ids) for ids in expected]
         assert len(set(lengths)) > 1

@@ -24,7 +24,7 @@ def test_paper_families_come_first_then_registry_order():
     paper_families = [n for n in families.NAMES
                       if any(set(ids) & set(families.get(n).hub_ids) for ids in paper.HUB_IDS.values())]
     assert "llava" in paper_families and order[:len(paper_families)] == sorted(
-        paper_families, key=lambda n: supported._paper_rank(families.get(n)))
+        paper_families, key=lambda n: supported.paper_rank(families.get(n)))
     rest = order[len(paper_families):]
     assert rest == [n for n in families.NAMES if n in rest]
     with pytest.raises(ValueError, match="unknown families.*blip"):

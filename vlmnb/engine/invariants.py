@@ -247,8 +247,9 @@ def _single_runs(vlm, inp, rows, new):
     return [vlm.generate(inp, max_new_tokens=new, knockout=k or None).token_ids for k in rows]
 
 
-def _split_eos(vlm, inp, rows, new):
-    """Make the end-of-sequence id one that some rows produce early and others late or never."""
+def split_eos(vlm, inp, rows, new):
+    """Make the model's end-of-sequence id one that some knockout ``rows`` produce early and others
+    late or never (the caller restores ``generation_config.eos_token_id``)."""
     config = vlm.model.generation_config
     config.eos_token_id = None
     counts: dict[int, int] = {}
@@ -270,7 +271,7 @@ def batched_rows(vlm) -> str:
     require(np.allclose(outs[0].recording.image_rows, alone, atol=1e-6), "the recorded baseline row differs")
     saved = vlm.model.generation_config.eos_token_id
     try:
-        _split_eos(vlm, inp, rows, NEW_TOKENS)
+        split_eos(vlm, inp, rows, NEW_TOKENS)
         expected = _single_runs(vlm, inp, rows, NEW_TOKENS)
         got = batched.generate_rows(vlm, inp, rows, NEW_TOKENS, record=spec, record_rows=[0])
         plain = batched.generate_rows(vlm, inp, [None] * 3, NEW_TOKENS)

@@ -21,19 +21,20 @@ REFERENCE_PICTURE = (640, 480)
 MARKS = {"pass": "\u2713", "fail": "\u2717", "n/a": "n/a"}
 
 
-def image_tokens(family: str, size: tuple[int, int] = REFERENCE_PICTURE) -> int:
+def image_tokens(family: str, size: tuple[int, int] = REFERENCE_PICTURE, built: tuple | None = None) -> int:
     """How many image tokens a ``size`` picture becomes at the family's reference settings
-    (``Family.reference_sizes``; the image placeholder tokens, structure tokens not counted)."""
+    (``Family.reference_sizes``; the image placeholder tokens, structure tokens not counted).
+    ``built``: the family's tiny ``(model, processor)`` if already built."""
     from PIL import Image
 
     entry = registry.get(family)
-    model, small = tiny.build(family)
+    model, small = built or tiny.build(family)
     config, processor = entry.reference_sizes(model.config, small)
     prepared = prepare(config, processor, Image.new("RGB", size, (128, 128, 128)), "describe the image")
     return int((prepared.input_ids[0] == image_token_id(config)).sum())
 
 
-def _paper_rank(entry) -> int:
+def paper_rank(entry) -> int:
     """0 for the family of the paper's main model, 1 for its second model, 2 for the others."""
     for rank, ids in enumerate(paper.HUB_IDS.values()):
         if set(ids) & set(entry.hub_ids):
@@ -47,12 +48,12 @@ def ordered(names: Iterable[str] | None = None) -> list[str]:
     unknown = [n for n in names if n not in registry.REGISTRY]
     if unknown:
         raise ValueError(f"unknown families {unknown}; supported: {', '.join(registry.NAMES)}")
-    return sorted(names, key=lambda n: (_paper_rank(registry.get(n)), registry.NAMES.index(n)))
+    return sorted(names, key=lambda n: (paper_rank(registry.get(n)), registry.NAMES.index(n)))
 
 
-def check_family(family: str) -> list[invariants.Outcome]:
-    """Every invariant on the tiny random model of ``family``."""
-    model, processor = tiny.build(family)
+def check_family(family: str, built: tuple | None = None) -> list[invariants.Outcome]:
+    """Every invariant on the tiny random model of ``family`` (``built``: it, if already built)."""
+    model, processor = built or tiny.build(family)
     return invariants.check(VLM(model, processor, name=f"tiny-{family}"))
 
 
@@ -69,7 +70,8 @@ def supported_models(names: Sequence[str] | None = None, run_checks: bool = True
     for name in progress_bar(ordered(names), desc="families", disable=not progress):
         entry = registry.get(name)
         try:
-            tokens = image_tokens(name)
+            built = tiny.build(name)
+            tokens = image_tokens(name, built=built)
         except RemoteCodeMissing as exc:  # a tiny model built from a checkpoint's own code, absent here
             tokens, missing = "n/a", str(exc)
         else:
@@ -82,7 +84,7 @@ def supported_models(names: Sequence[str] | None = None, run_checks: bool = True
             marks[name] = {n: MARKS["n/a"] for n in invariants.NAMES}
             row["invariants passed"] = f"n/a: {missing}"
         elif run_checks:
-            outcomes = check_family(name)
+            outcomes = check_family(name, built)
             marks[name] = {o.name: MARKS[o.status] for o in outcomes}
             passed = sum(o.passed for o in outcomes)
             failed = [o.name for o in outcomes if o.status == "fail"]
