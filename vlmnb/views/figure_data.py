@@ -27,6 +27,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "scenes": ("scene", "object", "color", "shape", "size", "cell"),
     "training_curves": ("step", "stage", "curve", "loss"),
     "invariant_matrix": ("family", "invariant", "status"),
+    "by_depth": ("model", "panel", "layer", "relative_depth", "value"),
 }
 
 _drawn: list[tuple[str, pd.DataFrame]] = []

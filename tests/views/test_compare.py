@@ -1,0 +1,55 @@
+"""The side-by-side views of one chapter run on several models (vlmnb.views.compare)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vlmnb.views import compare, figure_data
+
+
+def _claims(values, held):
+    return pd.DataFrame({"claim": ["first", "second"], "paper": ["> 0.6", "< 0.05"], "ours": values, "held": held})
+
+
+def test_claims_side_by_side_keeps_each_models_value_and_verdict():
+    table = compare.claims_side_by_side({"toy": _claims(["0.04", "0.05"], [False, True]),
+                                         "toy-smollm": _claims(["0.22", "0.08"], [True, np.nan])})
+    assert list(table.columns) == ["claim", "paper", "toy", "toy: held", "toy-smollm", "toy-smollm: held"]
+    assert table["paper"].tolist() == ["> 0.6", "< 0.05"]
+    assert table["toy"].tolist() == ["0.04", "0.05"] and table["toy-smollm"].tolist() == ["0.22", "0.08"]
+    assert table["toy: held"].tolist() == ["not held", "held"]
+    assert table["toy-smollm: held"].tolist() == ["held", "n/a"]
+
+
+def test_a_claim_only_one_model_has_is_kept_and_marked():
+    extra = pd.concat([_claims(["1", "2"], [True, True]),
+                       pd.DataFrame([{"claim": "third", "paper": "p", "ours": "3", "held": False}])])
+    table = compare.claims_side_by_side({"a": _claims(["1", "2"], [True, False]), "b": extra})
+    assert table["claim"].tolist() == ["first", "second", "third"]
+    assert table.loc[2, "a"] == "" and table.loc[2, "a: held"] == "n/a" and table.loc[2, "b: held"] == "not held"
+    with pytest.raises(ValueError, match="missing"):
+        compare.claims_side_by_side({"a": pd.DataFrame({"claim": ["x"]})})
+
+
+def test_by_depth_draws_every_model_against_relative_depth():
+    figure_data.clear()
+    toy = pd.DataFrame({"layer": np.repeat(np.arange(8), 2), "span": ["image", "query"] * 8,
+                        "fraction": np.linspace(0, 1, 16)})
+    smol = pd.DataFrame({"layer": np.repeat(np.arange(30), 2), "span": ["image", "query"] * 30,
+                         "fraction": np.linspace(1, 0, 60)})
+    fig = compare.by_depth({"toy": (toy, 8), "toy-smollm": (smol, 30)}, y="fraction", panel="span",
+                           ylabel="share of attention (0-1)", paper_bands={"early": (0, 5)},
+                           paper_value=(0.6, "query > 0.60"))
+    assert len(fig.axes) == 2 and [ax.get_title() for ax in fig.axes] == ["image", "query"]
+    (stem, drawn), = figure_data.drawn()
+    assert stem == "by_depth"
+    assert set(drawn.model) == {"toy", "toy-smollm"}
+    last = drawn[(drawn.model == "toy-smollm") & (drawn.panel == "query")].relative_depth
+    assert last.min() == 0.0 and last.max() == 1.0 and len(last) == 30
+    assert drawn[(drawn.model == "toy") & (drawn.layer == 7)].relative_depth.eq(1.0).all()
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels[:2] == ["toy (8 layers)", "toy-smollm (30 layers)"] and "paper: query > 0.60" in labels
+    # the paper's band 0-5 of 80 layers is shaded at relative depth 0 .. 5/79
+    (band,) = fig.axes[0].patches
+    assert np.isclose(band.get_x(), 0.0) and np.isclose(band.get_x() + band.get_width(), 5 / 79)

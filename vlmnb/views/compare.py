@@ -1,0 +1,115 @@
+"""One chapter, several models, the paper beside them: side-by-side claims tables and figures.
+
+Every chapter checks the paper's claims on its model with its experiment module's ``claims``
+(columns ``claim``, ``paper``, ``ours``, ``held``). :func:`claims_side_by_side` puts the tables of
+several models (the book's two embedded models, ``toy`` and ``toy-smollm``, or yours) in one table:
+one row per claim, the paper's value, then each model's value and verdict. Models differ in depth
+(the toy has 8 decoder layers, SmolLM2 30, InternVL2-76B 80), so the per-layer figures here draw
+every model against its *relative depth*, layer / (layers - 1), with the paper's layer bands
+rescaled the same way.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from vlmnb.experiments.paper import DEPTH
+from vlmnb.views.figure_data import record
+from vlmnb.views.plots import PAPER_COLOR, figure, legend_below, paper_line
+
+__all__ = ["claims_side_by_side", "verdict", "relative_depth", "by_depth", "MODEL_COLORS"]
+
+#: line colours of the models compared in one figure, in the order given
+MODEL_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a")
+
+
+def verdict(held) -> str:
+    """How a table cell reads a claim's outcome: "held", "not held", or "n/a" when it could not be checked."""
+    if held is None or (isinstance(held, float) and np.isnan(held)):
+        return "n/a"
+    return "held" if bool(held) else "not held"
+
+
+def claims_side_by_side(claims: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """The claims tables of several models (name -> ``claims`` frame) as one table.
+
+    One row per claim, in the first model's order (claims only some models have come last):
+    ``claim``, ``paper``, then per model ``"<name>"`` (its value) and ``"<name>: held"``.
+    """
+    if not claims:
+        raise ValueError("claims_side_by_side needs the claims of at least one model")
+    order: list[str] = []
+    paper: dict[str, str] = {}
+    for frame in claims.values():
+        missing = {"claim", "paper", "ours", "held"} - set(frame.columns)
+        if missing:
+            raise ValueError(f"a claims table needs the columns claim, paper, ours, held; missing {sorted(missing)}")
+        for row in frame.itertuples():
+            if row.claim not in paper:
+                order.append(row.claim)
+                paper[row.claim] = row.paper
+    out = pd.DataFrame({"claim": order, "paper": [paper[c] for c in order]})
+    for name, frame in claims.items():
+        by_claim = frame.drop_duplicates("claim").set_index("claim")
+        out[name] = [str(by_claim.loc[c, "ours"]) if c in by_claim.index else "" for c in order]
+        out[f"{name}: held"] = [verdict(by_claim.loc[c, "held"]) if c in by_claim.index else "n/a" for c in order]
+    return out
+
+
+def relative_depth(layer, n_layers: int):
+    """``layer / (n_layers - 1)``: 0 at the first decoder layer, 1 at the last."""
+    return np.asarray(layer, dtype=float) / max(1, n_layers - 1)
+
+
+def paper_bands_relative(bands: Mapping[str, tuple[int, int]], depth: int = DEPTH) -> dict[str, tuple[float, float]]:
+    """The paper's layer bands (layers of InternVL2-76B's ``depth``) as relative depths."""
+    return {name: (lo / (depth - 1), hi / (depth - 1)) for name, (lo, hi) in bands.items()}
+
+
+def by_depth(curves: Mapping[str, tuple[pd.DataFrame, int]], *, y: str, ylabel: str, title: str = "",
+             panel: str | None = None, paper_bands: Mapping[str, tuple[int, int]] | None = None,
+             paper_value: tuple[float, str] | None = None, ylim: tuple[float, float] | None = None):
+    """Per model, a value per decoder layer against relative depth, one line per model.
+
+    ``curves``: model name -> (frame with a ``layer`` column and the column ``y``; the model's
+    number of decoder layers). ``panel``: a column whose values get one panel each (e.g. the
+    span of an attention share, or a knockout configuration). ``paper_bands``: the paper's layer
+    bands in its own layers (shaded); ``paper_value``: (y, label) of a value the paper reports
+    (dashed; the legend reads "paper: <label>"). The numbers drawn are recorded (figure ``by_depth``).
+    """
+    panels = [None] if panel is None else list(dict.fromkeys(
+        v for frame, _ in curves.values() for v in frame[panel].tolist()))
+    fig, axes = figure(1, len(panels), height=3.6, layout="constrained", sharey=True, squeeze=False)
+    numbers = []
+    for ax, value in zip(axes[0], panels):
+        for color, (model, (frame, n_layers)) in zip(MODEL_COLORS, curves.items()):
+            sub = frame if value is None else frame[frame[panel] == value]
+            if sub.empty:
+                continue
+            mean = sub.groupby("layer")[y].mean()
+            x = relative_depth(mean.index, n_layers)
+            ax.plot(x, mean.to_numpy(), color=color, lw=2, marker="o" if n_layers <= 12 else None, ms=3,
+                    label=f"{model} ({n_layers} layers)")
+            numbers.append(pd.DataFrame({"model": model, "panel": value, "layer": mean.index,
+                                         "relative_depth": x, "value": mean.to_numpy()}))
+        for band, (lo, hi) in paper_bands_relative(paper_bands or {}).items():
+            ax.axvspan(lo, hi, color=PAPER_COLOR, alpha=0.08)
+            ax.text((lo + hi) / 2, 1.01, f"paper: {band}", ha="center", va="bottom", fontsize=8,
+                    color=PAPER_COLOR, transform=ax.get_xaxis_transform())
+        if paper_value is not None:
+            paper_line(ax, paper_value[0], paper_value[1])
+        ax.set_xlabel("relative depth (0 = first decoder layer, 1 = last)")
+        ax.set_xlim(-0.03, 1.03)
+        if value is not None:
+            ax.set_title(str(value), fontsize=10, pad=14 if paper_bands else 4)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+    axes[0][0].set_ylabel(ylabel)
+    record("by_depth", pd.concat(numbers, ignore_index=True) if numbers else
+           pd.DataFrame(columns=["model", "panel", "layer", "relative_depth", "value"]))
+    legend_below(fig)  # one legend for all panels: the same models everywhere
+    if title:
+        fig.suptitle(title)
+    return fig
