@@ -42,7 +42,7 @@ _SUBMODULES = {
     "fractions": "experiments.fractions", "sweep": "experiments.sweep", "localize": "experiments.localize",
     "reprompt": "experiments.reprompt", "paper": "experiments.paper", "stats": "experiments.stats",
     "plots": "views.plots", "explorer": "views.explorer", "store": "data.store",
-    "tables": "views.tables", "downloads": "views.downloads",
+    "tables": "views.tables", "downloads": "views.downloads", "side_by_side": "views.side_by_side",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -342,6 +342,12 @@ def test_ability_table_applies_the_targets(tmp_path):
                          "count": {"acc": 0.93, "swap_acc": 0.91}}}  # high even without the image
     (tmp_path / "eval.json").write_text(json.dumps(result))
     assert ability_table(tmp_path)["met"].tolist() == [True, False, True, True, False]
+    # toy-smollm's targets: look-ups >= 0.90, yes/no >= 0.85
+    result["position_lookup"]["acc"], result["yes_no"]["existence"]["acc"] = 0.91, 0.86
+    (tmp_path / "eval.json").write_text(json.dumps(result))
+    from vlmnb.views.toy import SMOLLM_TARGETS
+    assert ability_table(tmp_path)["met"].tolist() == [True, False, False, False, False]
+    assert ability_table(tmp_path, SMOLLM_TARGETS)["met"].tolist() == [True, False, True, True, False]
 
 
 def test_weights_revision_follows_the_weights(tmp_path):
@@ -537,6 +543,25 @@ def test_quality_table_reads_eval_json(tmp_path):
     assert table.loc[("description", "exact match"), "image swapped"] == ""
     with pytest.raises(FileNotFoundError, match="evaluate"):
         quality_table(tmp_path)
+
+
+def test_quality_side_by_side_keeps_each_models_numbers(tmp_path):
+    import json
+
+    from vlmnb.toy import checkpoint_path
+    from vlmnb.views.toy import quality_side_by_side, quality_table
+
+    result = json.loads((checkpoint_path() / "eval.json").read_text())
+    result["description"]["exact"] = 0.5
+    result["yes_no"]["color"]["swap_acc"] = 0.123
+    (tmp_path / "eval.json").write_text(json.dumps(result))
+    table = quality_side_by_side({"toy": checkpoint_path(), "other": tmp_path})
+    assert list(table.columns) == ["toy", "toy: image swapped", "other", "other: image swapped"]
+    assert table.index.equals(quality_table(checkpoint_path()).index)
+    assert table.loc[("description", "exact match"), "other"] == 0.5
+    assert table.loc[("description", "exact match"), "toy"] == round(
+        json.loads((checkpoint_path() / "eval.json").read_text())["description"]["exact"], 3)
+    assert table.loc[("yes/no: color", "ACC"), "other: image swapped"] == "0.123"
 
 
 def test_scene_questions_do_not_depend_on_the_hash_seed():

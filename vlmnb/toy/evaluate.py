@@ -29,7 +29,8 @@ from vlmnb.toy.metrics import description_quality
 from vlmnb.toy.model import DEFAULT_PROMPT
 from vlmnb.toy.scenes import make_scenes
 from vlmnb.toy.scenes import CELLS, crowded_cells
-from vlmnb.toy import checkpoint_path
+from vlmnb.toy import checkpoint_path, smollm_weights_path
+from vlmnb.toy.smollm import export_pretrained
 from vlmnb.core.progress import progress_bar as tqdm
 
 YES_NO_ASPECTS = ("existence", "color", "position", "count")
@@ -175,7 +176,9 @@ def format_table(result: dict) -> str:
 def parser() -> argparse.ArgumentParser:
     """The command line's argument parser."""
     p = ArgumentParser(prog="python -m vlmnb.toy.evaluate", description="Held-out evaluation of a toy checkpoint.")
-    p.add_argument("--checkpoint", default=None, help="save_pretrained folder (default: the shipped toy)")
+    p.add_argument("--checkpoint", default=None,
+                   help="save_pretrained folder, or toy-smollm (the second embedded model: its eval.json goes "
+                        "next to its shipped weights); default: the shipped toy")
     p.add_argument("--n", type=at_least(1), default=500, help="number of test scenes")
     p.add_argument("--batch-size", type=at_least(1), default=64)
     p.add_argument("--threads", type=at_least(1), default=1)
@@ -194,19 +197,26 @@ def main(argv=None) -> int:
 
 def _main(argv=None) -> int:
     args = parser().parse_args(argv)
-    if args.checkpoint:
+    written_to = None
+    if args.checkpoint == "toy-smollm":
+        written_to = smollm_weights_path()
+        checkpoint = export_pretrained(written_to)
+    elif args.checkpoint:
         checkpoint = check_input_folder(args.checkpoint, "--checkpoint", must_hold="config.json")
     else:
         checkpoint = checkpoint_path()
+    written_to = written_to or checkpoint
     check_device(args.device)
-    if not args.no_write and not os.access(checkpoint, os.W_OK):
-        raise UsageError(f"--checkpoint {checkpoint} is not writable (eval.json goes there); add --no-write")
+    if not args.no_write and not os.access(written_to, os.W_OK):
+        raise UsageError(f"{written_to} is not writable (eval.json goes there); add --no-write")
     result = evaluate(checkpoint, n=args.n, batch_size=args.batch_size, threads=args.threads,
                       device=args.device, start=args.start)
     print(format_table(result))
     if not args.no_write:
-        (checkpoint / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {checkpoint / 'eval.json'}")
+        if written_to != checkpoint:
+            result["checkpoint"] = f"toy-smollm ({written_to.name}, weights sha256 {checkpoint.name})"
+        (written_to / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {written_to / 'eval.json'}")
     return 0
 
 

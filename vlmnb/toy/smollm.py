@@ -81,8 +81,17 @@ def load_language_model(dtype: torch.dtype = torch.float32):
     path = gguf_path()
     if importlib.util.find_spec("gguf") is None:
         raise MissingLanguageModel("toy-smollm dequantises SmolLM2's GGUF with the `gguf` package: pip install gguf")
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    lm = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    from transformers.utils import logging as hf_logging
+
+    quiet = not progress_enabled() and hf_logging.is_progress_bar_enabled()
+    if quiet:  # transformers draws its own bar while it dequantises
+        hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        lm = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    finally:
+        if quiet:
+            hf_logging.enable_progress_bar()
     return lm.eval(), tokenizer
 
 

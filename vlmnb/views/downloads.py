@@ -79,7 +79,9 @@ def _write_store(store, folder: Path) -> Download:
     meta = {**(table.schema.metadata or {}), PARAMS_KEY: json.dumps(store.params, sort_keys=True).encode()}
     name = f"{store.path.name}.parquet"
     pq.write_table(table.replace_schema_metadata(meta), folder / name)
-    return Download(name, f"result store {store.path.name}, every row (Parquet)", len(frame), list(frame.columns))
+    model = store.params.get("model")
+    what = f"result store {store.path.name}" + (f" ({model})" if model else "")
+    return Download(name, f"{what}, every row (Parquet)", len(frame), list(frame.columns))
 
 
 def publish(chapter: str, stores: Iterable = (), *, folder: str | os.PathLike | None = None,

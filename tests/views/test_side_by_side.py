@@ -1,19 +1,19 @@
-"""The side-by-side views of one chapter run on several models (vlmnb.views.compare)."""
+"""The side-by-side views of one chapter run on several models (vlmnb.views.side_by_side)."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from vlmnb.views import compare, figure_data
+from vlmnb.views import figure_data, side_by_side
 
 
 def _claims(values, held):
     return pd.DataFrame({"claim": ["first", "second"], "paper": ["> 0.6", "< 0.05"], "ours": values, "held": held})
 
 
-def test_claims_side_by_side_keeps_each_models_value_and_verdict():
-    table = compare.claims_side_by_side({"toy": _claims(["0.04", "0.05"], [False, True]),
+def test_claims_keeps_each_models_value_and_verdict():
+    table = side_by_side.claims({"toy": _claims(["0.04", "0.05"], [False, True]),
                                          "toy-smollm": _claims(["0.22", "0.08"], [True, np.nan])})
     assert list(table.columns) == ["claim", "paper", "toy", "toy: held", "toy-smollm", "toy-smollm: held"]
     assert table["paper"].tolist() == ["> 0.6", "< 0.05"]
@@ -25,11 +25,11 @@ def test_claims_side_by_side_keeps_each_models_value_and_verdict():
 def test_a_claim_only_one_model_has_is_kept_and_marked():
     extra = pd.concat([_claims(["1", "2"], [True, True]),
                        pd.DataFrame([{"claim": "third", "paper": "p", "ours": "3", "held": False}])])
-    table = compare.claims_side_by_side({"a": _claims(["1", "2"], [True, False]), "b": extra})
+    table = side_by_side.claims({"a": _claims(["1", "2"], [True, False]), "b": extra})
     assert table["claim"].tolist() == ["first", "second", "third"]
     assert table.loc[2, "a"] == "" and table.loc[2, "a: held"] == "n/a" and table.loc[2, "b: held"] == "not held"
     with pytest.raises(ValueError, match="missing"):
-        compare.claims_side_by_side({"a": pd.DataFrame({"claim": ["x"]})})
+        side_by_side.claims({"a": pd.DataFrame({"claim": ["x"]})})
 
 
 def test_by_depth_draws_every_model_against_relative_depth():
@@ -38,9 +38,9 @@ def test_by_depth_draws_every_model_against_relative_depth():
                         "fraction": np.linspace(0, 1, 16)})
     smol = pd.DataFrame({"layer": np.repeat(np.arange(30), 2), "span": ["image", "query"] * 30,
                          "fraction": np.linspace(1, 0, 60)})
-    fig = compare.by_depth({"toy": (toy, 8), "toy-smollm": (smol, 30)}, y="fraction", panel="span",
+    fig = side_by_side.by_depth({"toy": (toy, 8), "toy-smollm": (smol, 30)}, y="fraction", panel="span",
                            ylabel="share of attention (0-1)", paper_bands={"early": (0, 5)},
-                           paper_value=(0.6, "query > 0.60"))
+                           paper_values={"query": (0.6, "query > 0.60")})
     assert len(fig.axes) == 2 and [ax.get_title() for ax in fig.axes] == ["image", "query"]
     (stem, drawn), = figure_data.drawn()
     assert stem == "by_depth"

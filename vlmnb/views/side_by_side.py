@@ -1,7 +1,7 @@
 """One chapter, several models, the paper beside them: side-by-side claims tables and figures.
 
 Every chapter checks the paper's claims on its model with its experiment module's ``claims``
-(columns ``claim``, ``paper``, ``ours``, ``held``). :func:`claims_side_by_side` puts the tables of
+(columns ``claim``, ``paper``, ``ours``, ``held``). :func:`claims` puts the tables of
 several models (the book's two embedded models, ``toy`` and ``toy-smollm``, or yours) in one table:
 one row per claim, the paper's value, then each model's value and verdict. Models differ in depth
 (the toy has 8 decoder layers, SmolLM2 30, InternVL2-76B 80), so the per-layer figures here draw
@@ -19,7 +19,7 @@ from vlmnb.experiments.paper import DEPTH
 from vlmnb.views.figure_data import record
 from vlmnb.views.plots import PAPER_COLOR, figure, legend_below, paper_line
 
-__all__ = ["claims_side_by_side", "verdict", "relative_depth", "by_depth", "MODEL_COLORS"]
+__all__ = ["claims", "verdict", "relative_depth", "by_depth", "MODEL_COLORS"]
 
 #: line colours of the models compared in one figure, in the order given
 MODEL_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a")
@@ -32,17 +32,17 @@ def verdict(held) -> str:
     return "held" if bool(held) else "not held"
 
 
-def claims_side_by_side(claims: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+def claims(by_model: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """The claims tables of several models (name -> ``claims`` frame) as one table.
 
     One row per claim, in the first model's order (claims only some models have come last):
     ``claim``, ``paper``, then per model ``"<name>"`` (its value) and ``"<name>: held"``.
     """
-    if not claims:
-        raise ValueError("claims_side_by_side needs the claims of at least one model")
+    if not by_model:
+        raise ValueError("claims needs the claims of at least one model")
     order: list[str] = []
     paper: dict[str, str] = {}
-    for frame in claims.values():
+    for frame in by_model.values():
         missing = {"claim", "paper", "ours", "held"} - set(frame.columns)
         if missing:
             raise ValueError(f"a claims table needs the columns claim, paper, ours, held; missing {sorted(missing)}")
@@ -51,7 +51,7 @@ def claims_side_by_side(claims: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
                 order.append(row.claim)
                 paper[row.claim] = row.paper
     out = pd.DataFrame({"claim": order, "paper": [paper[c] for c in order]})
-    for name, frame in claims.items():
+    for name, frame in by_model.items():
         by_claim = frame.drop_duplicates("claim").set_index("claim")
         out[name] = [str(by_claim.loc[c, "ours"]) if c in by_claim.index else "" for c in order]
         out[f"{name}: held"] = [verdict(by_claim.loc[c, "held"]) if c in by_claim.index else "n/a" for c in order]
@@ -70,14 +70,14 @@ def paper_bands_relative(bands: Mapping[str, tuple[int, int]], depth: int = DEPT
 
 def by_depth(curves: Mapping[str, tuple[pd.DataFrame, int]], *, y: str, ylabel: str, title: str = "",
              panel: str | None = None, paper_bands: Mapping[str, tuple[int, int]] | None = None,
-             paper_value: tuple[float, str] | None = None, ylim: tuple[float, float] | None = None):
+             paper_values: Mapping | None = None, ylim: tuple[float, float] | None = None):
     """Per model, a value per decoder layer against relative depth, one line per model.
 
     ``curves``: model name -> (frame with a ``layer`` column and the column ``y``; the model's
     number of decoder layers). ``panel``: a column whose values get one panel each (e.g. the
     span of an attention share, or a knockout configuration). ``paper_bands``: the paper's layer
-    bands in its own layers (shaded); ``paper_value``: (y, label) of a value the paper reports
-    (dashed; the legend reads "paper: <label>"). The numbers drawn are recorded (figure ``by_depth``).
+    bands in its own layers (shaded); ``paper_values``: panel (``None`` without panels) -> (y,
+    label) of a value the paper reports (dashed; the legend reads "paper: <label>"). The numbers drawn are recorded (figure ``by_depth``).
     """
     panels = [None] if panel is None else list(dict.fromkeys(
         v for frame, _ in curves.values() for v in frame[panel].tolist()))
@@ -98,15 +98,19 @@ def by_depth(curves: Mapping[str, tuple[pd.DataFrame, int]], *, y: str, ylabel: 
             ax.axvspan(lo, hi, color=PAPER_COLOR, alpha=0.08)
             ax.text((lo + hi) / 2, 1.01, f"paper: {band}", ha="center", va="bottom", fontsize=8,
                     color=PAPER_COLOR, transform=ax.get_xaxis_transform())
-        if paper_value is not None:
-            paper_line(ax, paper_value[0], paper_value[1])
-        ax.set_xlabel("relative depth (0 = first decoder layer, 1 = last)")
+        if value in (paper_values or {}):
+            paper_line(ax, *paper_values[value])
         ax.set_xlim(-0.03, 1.03)
         if value is not None:
             ax.set_title(str(value), fontsize=10, pad=14 if paper_bands else 4)
         if ylim is not None:
             ax.set_ylim(*ylim)
     axes[0][0].set_ylabel(ylabel)
+    xlabel = "relative depth (0 = first decoder layer, 1 = last)"
+    if len(panels) == 1:
+        axes[0][0].set_xlabel(xlabel)
+    else:
+        fig.supxlabel(xlabel, fontsize=10)
     record("by_depth", pd.concat(numbers, ignore_index=True) if numbers else
            pd.DataFrame(columns=["model", "panel", "layer", "relative_depth", "value"]))
     legend_below(fig)  # one legend for all panels: the same models everywhere
