@@ -22,7 +22,7 @@ from PIL import Image  # noqa: E402
 from vlmnb.engine.spans import Geometry, View  # noqa: E402
 from vlmnb.experiments import reprompt  # noqa: E402
 from vlmnb.toy.scenes import make_scenes  # noqa: E402
-from vlmnb.views import figure_data, plots, supported  # noqa: E402
+from vlmnb.views import figure_data, plots, side_by_side, supported  # noqa: E402
 from vlmnb.views import toy as toy_views  # noqa: E402
 
 KINDS = ["img->gen", "img->query", "img->query+gen"]
@@ -100,10 +100,14 @@ FIGURES = {
         {"step": [50, 100, 150, 200], "stage": [1, 1, 2, 2], "loss_description": [2.0, 0.5, 0.1, 0.01],
          "loss_position_lookup": [2.0, 1.0, 0.3, 0.1], "first_existence": [0.9, 0.7, 0.1, 0.0],
          "first_color": [0.95, 0.69, 0.3, 0.01]})),
+    "by_depth": lambda: side_by_side.by_depth(
+        {"toy": (pd.DataFrame({"layer": np.arange(8), "v": np.linspace(0.2, 0.9, 8), "span": "image"}), 8),
+         "toy-smollm": (pd.DataFrame({"layer": np.arange(30), "v": np.linspace(0.9, 0.1, 30), "span": "image"}), 30)},
+        y="v", panel="span", ylabel="share (0-1)", paper_bands={"early": (0, 5)}, paper_values={"image": (0.6, "x")}),
     "invariant_matrix": lambda: supported.invariant_matrix(pd.DataFrame(
         {"own_generate": ["\u2713", "\u2717"], "geometry": ["n/a", "\u2713"]}, index=["llava", "gemma3"])),
 }
-WITH_LEGEND = ["invariant_matrix", "fractions_by_layer", "token_vs_attention", "f1_bars", "f1_by_start_layer", "localization_by_layer",
+WITH_LEGEND = ["by_depth", "invariant_matrix", "fractions_by_layer", "token_vs_attention", "f1_bars", "f1_by_start_layer", "localization_by_layer",
                "f1_by_k", "table1_bars", "reprompt_cost", "training_curves"]
 
 
@@ -223,3 +227,17 @@ def test_heatmap_of_whole_view_tokens_shows_their_mean():
     inside = heat[int(y0) + 1:int(y1) - 1, int(x0) + 1:int(x1) - 1]
     assert np.allclose(inside.compressed(), values[view.token_indices].mean())
     plt.close(fig)
+
+
+def test_f1_by_k_draws_one_line_per_model():
+    figure_data.clear()
+    a = _ci(pd.DataFrame({"k": [0.02, 0.1, 0.5], "mean": [0.2, 0.8, 1.0]}))
+    b = _ci(pd.DataFrame({"k": [0.02, 0.1, 0.5], "mean": [0.1, 0.5, 0.9]}))
+    fig = plots.f1_by_k({"toy": a, "toy-smollm": b}, 81)
+    (stem, numbers), = figure_data.drawn()
+    assert stem == "f1_by_k" and numbers.groupby("model")["mean"].apply(list).to_dict() == {
+        "toy": [0.2, 0.8, 1.0], "toy-smollm": [0.1, 0.5, 0.9]}
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels[:2] == ["toy", "toy-smollm"]
+    (single, ) = [plots.f1_by_k(a, 81)]
+    assert [t.get_text() for t in single.legends[0].get_texts()][0] == "ours"

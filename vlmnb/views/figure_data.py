@@ -21,7 +21,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "f1_by_start_layer": ("kind", "start", "mean", "ci_low", "ci_high"),
     "localization_by_layer": ("series", "first", "last", "mean", "ci_low", "ci_high"),
     "detail_gallery": ("image_id", "phrase", "token", "attention"),
-    "f1_by_k": ("k", "tokens_kept", "mean", "ci_low", "ci_high"),
+    "f1_by_k": ("model", "k", "tokens_kept", "mean", "ci_low", "ci_high"),
     "table1_bars": ("method", "metric", "ours", "paper"),
     "reprompt_cost": ("method", "fewer_kv_bytes_x", "faster_x"),
     "scenes": ("scene", "object", "color", "shape", "size", "cell"),

@@ -9,6 +9,7 @@ them for download. Chapters call these functions rather than styling plots thems
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Mapping
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
@@ -28,6 +29,9 @@ SPAN_COLORS = {
 }
 PAPER_COLOR = "#7b3294"  # values quoted from the paper
 OURS_COLOR = "#008837"
+#: line colours of several models in one figure, in the order given (chapters set the embedded
+#: models side by side)
+MODEL_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a")
 CONFIG_COLORS = {
     "baseline": "#4d4d4d",
     "img->gen": "#1f77b4",
@@ -431,21 +435,32 @@ def detail_gallery(items: list, ncols: int = 2, title: str = ""):
 def f1_by_k(summary, n_image: int, paper_plateau_k: float | None = 0.05, paper_f1: float | None = 0.8,
             title: str = ""):
     """Fig. 9 / A7 style: mean F1 (95% band) when generated tokens see only each layer's top-k
-    image tokens, against k (log axis, with the number of kept tokens under each tick)."""
+    image tokens, against k (log axis, with the number of kept tokens under each tick).
+
+    ``summary``: one model's summary by ``k``, or model name -> summary (one line per model, e.g.
+    the book's two embedded models; ``n_image`` is then the first model's count of image tokens)."""
     fig, ax = figure(height=4.0, layout="constrained")
-    sub = summary.sort_values("k")
-    ks = sub["k"].astype(float).to_numpy()
-    record("f1_by_k", pd.DataFrame({"k": ks, "tokens_kept": [max(1, int(round(k * n_image))) for k in ks],
-                                    "mean": sub["mean"].to_numpy(), "ci_low": sub["ci_low"].to_numpy(),
-                                    "ci_high": sub["ci_high"].to_numpy()}))
-    ax.plot(ks * 100, sub["mean"], marker="o", color=OURS_COLOR, label="ours")
-    ax.fill_between(ks * 100, sub["ci_low"], sub["ci_high"], color=OURS_COLOR, alpha=0.15)
+    by_model = dict(summary) if isinstance(summary, Mapping) else {"ours": summary}
+    numbers, all_ks = [], set()
+    for color, (name, frame) in zip((OURS_COLOR,) + MODEL_COLORS[1:] if len(by_model) == 1 else MODEL_COLORS,
+                                    by_model.items()):
+        sub = frame.sort_values("k")
+        ks = sub["k"].astype(float).to_numpy()
+        all_ks.update(ks.tolist())
+        numbers.append(pd.DataFrame({"model": name, "k": ks,
+                                     "tokens_kept": [max(1, int(round(k * n_image))) for k in ks],
+                                     "mean": sub["mean"].to_numpy(), "ci_low": sub["ci_low"].to_numpy(),
+                                     "ci_high": sub["ci_high"].to_numpy()}))
+        ax.plot(ks * 100, sub["mean"], marker="o", color=color, label=name)
+        ax.fill_between(ks * 100, sub["ci_low"], sub["ci_high"], color=color, alpha=0.15)
+    record("f1_by_k", pd.concat(numbers, ignore_index=True))
     if paper_plateau_k:
         ax.axvline(paper_plateau_k * 100, color=PAPER_COLOR, ls="--", lw=1.5,
                    label=f"paper: plateau from ~{paper_plateau_k * 100:g}% (InternVL2-76B)")
     if paper_f1:
         ax.axhline(paper_f1, color=PAPER_COLOR, ls=":", lw=1.5, label=f"paper: F1 > {paper_f1:g} (LLaVA-1.5, Fig. A7)")
     ax.set_xscale("log")
+    ks = np.array(sorted(all_ks))
     ax.set_xticks(ks * 100, [f"{k * 100:g}%\n{max(1, int(round(k * n_image)))} tok" for k in ks])
     ax.xaxis.set_minor_locator(mpl.ticker.NullLocator())
     ax.set_xlabel(f"image tokens kept per layer (of {n_image})")

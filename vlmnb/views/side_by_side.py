@@ -17,12 +17,10 @@ import pandas as pd
 
 from vlmnb.experiments.paper import DEPTH
 from vlmnb.views.figure_data import record
-from vlmnb.views.plots import PAPER_COLOR, figure, legend_below, paper_line
+from vlmnb.views.plots import MODEL_COLORS, PAPER_COLOR, figure, legend_below, paper_line
 
 __all__ = ["claims", "verdict", "relative_depth", "by_depth", "MODEL_COLORS"]
 
-#: line colours of the models compared in one figure, in the order given
-MODEL_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a")
 
 
 def verdict(held) -> str:
