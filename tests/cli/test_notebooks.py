@@ -40,8 +40,11 @@ def _own_code(family: str) -> dict:
     return {"trust_remote_code": True} if families.get(family).load_remote is not None else {}
 
 
-RUNS = [(chapter, family, params) for chapter, (family, params) in OTHER_FAMILY.items()]
-RUNS += [(chapter, family, {**OTHER_FAMILY[chapter][1], **_own_code(family)}) for family in NEW_FAMILIES
+# each set beside the toy (cheap; the book's build sets the toy beside the real toy-smollm)
+BESIDE = {"compare_with": ["toy"], "compare_n_images": 1}
+RUNS = [(chapter, family, {**params, **BESIDE}) for chapter, (family, params) in OTHER_FAMILY.items()]
+RUNS += [(chapter, family, {**OTHER_FAMILY[chapter][1], **_own_code(family), "compare_with": []})
+         for family in NEW_FAMILIES
          for chapter in ("01_attention_fractions", "02_knockout")]
 
 
@@ -51,7 +54,8 @@ def _outputs(nb):
             yield from cell.get("outputs", [])
 
 
-def _check_executed(path: Path) -> None:
+def _check_executed(path: Path, beside: tuple[str, ...] = ()) -> None:
+    """No errors, real figures, and a last verdict table (with a column per model set ``beside``)."""
     nb = nbformat.read(path, as_version=4)
     errors = [f"{o.ename}: {o.evalue}" for o in _outputs(nb) if o.output_type == "error"]
     assert not errors, f"{path.name}: {errors}"
@@ -63,6 +67,8 @@ def _check_executed(path: Path) -> None:
     tail = [c for c in nb.cells if c.cell_type == "code"][-3:]
     verdict = "".join(str(v) for c in tail for o in c.get("outputs", []) for v in o.get("data", {}).values())
     assert "held" in verdict, f"{path.name} does not end with its verdict on the paper's claims"
+    for model in beside:
+        assert f"{model}: held" in verdict, f"{path.name}: no verdict column for {model}"
 
 
 def test_book_chapters_executed_cleanly_on_the_embedded_model(built_book):
@@ -70,7 +76,7 @@ def test_book_chapters_executed_cleanly_on_the_embedded_model(built_book):
     assert {p.stem for p in chapters} >= set(OTHER_FAMILY)
     for path in chapters:
         if path.stem in OTHER_FAMILY:
-            _check_executed(path)
+            _check_executed(path, beside=("toy", "toy-smollm"))
         # the book runner keeps tqdm's "IProgress not found" warning (with a local path) out
         streams = "".join(str(o.get("text", "")) for o in _outputs(nbformat.read(path, as_version=4)))
         assert "TqdmWarning" not in streams and "site-packages" not in streams, path.name
@@ -100,4 +106,4 @@ def test_chapter_runs_on_a_tiny_model_of_another_family(chapter, family, params,
     args += ["-y", json.dumps(params)]  # JSON is YAML: lists and numbers keep their types
     done = subprocess.run(args, env=book_env(tmp_path), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    _check_executed(out)
+    _check_executed(out, beside=tuple(params.get("compare_with", ())))

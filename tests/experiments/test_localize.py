@@ -474,3 +474,33 @@ def test_replay_records_the_same_rows_as_generation():
     assert np.allclose(replay.recording.image_rows, gen.recording.image_rows[:, :n], atol=1e-5)
     # a text the model would not have written greedily is not replayed
     assert L.replay(vlm, inp, "a large red circle at the top left.") is None or gen.text.startswith("a large red")
+
+
+def test_study_is_chapter_threes_steps(tmp_path):
+    from vlmnb.data import toy_samples
+    from vlmnb.data.store import ResultStore
+    from vlmnb.engine.vlm import load
+    from vlmnb.experiments import sweep
+
+    vlm = load("toy")
+    samples = toy_samples(8, seed=1)
+    windows = []
+
+    def detail_store(window):
+        windows.append(window)
+        return ResultStore.in_dir(str(tmp_path / "details"), {"w": list(window)})
+
+    sweep_store = ResultStore.in_dir(str(tmp_path / "sweep"), {"s": 1})
+    got = L.study(vlm, samples, sweep_store, detail_store, judge="exact", masks="toy", images="toy", max_new_tokens=24)
+    assert windows == [got.map_window] and got.detail_store.params == {"w": list(got.map_window)}
+    # by hand, as the chapter's cells do it
+    frame = sweep.run(vlm, samples, [sweep.Config("baseline"), sweep.Config("img->gen")], sweep_store, max_new_tokens=24)
+    details = L.fine_details(frame, judge="exact")
+    assert got.details.equals(details) and len(details) > 0
+    window, _ = L.map_window(vlm.name, frame, vlm.num_layers)
+    assert got.map_window == tuple(window)
+    kept, _ = L.select(got.measured)
+    assert got.kept.equals(kept)
+    assert got.by_window.equals(L.accuracy_by_window(kept, vlm.num_layers, "auto", rows="producing"))
+    assert set(got.measured.rows.dropna()) >= {"producing", "reading"}   # both row choices, one run
+    assert got.claims(vlm.num_layers).equals(L.claims(got.by_window, got.chance, vlm.num_layers))

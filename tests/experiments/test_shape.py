@@ -52,7 +52,13 @@ def test_sweep_claims_picks_knockout_or_pruning_by_the_summary():
     assert ko.equals(sweep.knockout_claims(all_summary, from_summary, 16, (4, 8)))
     assert "F1 ~0.40 (InternVL2-76B)" in ko.paper.tolist() and "F1 ~0" in ko.paper.tolist()
     assert "F1 0.75-0.81 (window 20-40 of 80)" in ko.paper.tolist()
-    assert "sharp rise between layers 20 and 40 of 80 (here 4-8)" in ko.paper.tolist()
+    assert "sharp rise between layers 20 and 40 of 80" in ko.paper.tolist()
+    # what depends on the model (its window, the paper's layers at its depth) is in its value, so
+    # that the claims of models of any depth line up row by row (views.side_by_side.claims)
+    assert "F1 >= 0.5 from layer 4 (the paper's layers at this depth: 4-8 of 16)" in ko.ours.tolist()
+    assert "0.80 [0.75, 0.85] (window 4-8 of 16)" in ko.ours.tolist()
+    other = sweep.knockout_claims(all_summary, from_summary, 30, (7, 14))
+    assert other.claim.tolist() == ko.claim.tolist() and other.paper.tolist() == ko.paper.tolist()
     k_summary = _summary([{"k": k, "mean": m} for k, m in [(0.01, 0.5), (0.05, 0.85), (0.5, 0.9)]])
     pr = sweep.claims(k_summary, 256)
     assert pr.equals(sweep.pruning_claims(k_summary, 256))
@@ -165,3 +171,21 @@ def test_an_interrupted_batched_sweep_resumes_without_loss_or_duplicates(vlm, tm
     assert not resumed.duplicated(order).any()
     assert (resumed[cols].sort_values(order).reset_index(drop=True)
             .equals(whole[cols].sort_values(order).reset_index(drop=True)))
+
+
+def test_knockout_study_is_chapter_twos_steps(tmp_path):
+    from vlmnb.engine.vlm import load
+
+    vlm = load("toy")
+    samples = toy_samples(2, seed=3)
+    store = ResultStore.in_dir(str(tmp_path), {"t": 1})
+    study = sweep.knockout_study(vlm, samples, store, stride=4, judge="exact", max_new_tokens=12)
+    a, b = study.window
+    assert 1 <= a <= b < vlm.num_layers and study.judge_name == "exact"
+    assert set(study.summary.scope) == {"all", "outside"} and set(study.summary.kind) == set(sweep.KINDS)
+    assert sorted(set(study.from_summary.start)) == [0, 4]          # all layers = from layer 0, then stride 4
+    by_hand = sweep.score(study.frame, sweep.knockout_configs(vlm.num_layers, stride=4, window=study.window),
+                          judge="exact")
+    assert by_hand.f1.tolist() == study.scores.f1.tolist()
+    assert study.claims(vlm.num_layers).equals(
+        sweep.knockout_claims(study.summary, study.from_summary, vlm.num_layers, study.window))

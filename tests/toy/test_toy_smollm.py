@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -255,3 +256,17 @@ def test_description_alone_and_init_from(tmp_path, assembled):
     with pytest.raises(ValueError, match="LoRA"):
         build(SmolTrainConfig(lora_rank=8, init_from=str(tmp_path / "a" / "model")), tiny_language_model)
 
+
+
+def test_training_log_csv_gives_the_book_curves(tmp_path):
+    from vlmnb.toy.curves import stage_curves, training_curves
+
+    cfg = SmolTrainConfig(steps=4, batch_size=2, warmup_steps=1, checkpoint_every=4, probe=0, lora_rank=2, followups=2)
+    train(tmp_path / "a", cfg, progress=False, language_model=tiny_language_model)
+    log = tmp_path / "a" / "log.csv"
+    curves = training_curves(log, window=2)
+    raw = pd.read_csv(log)
+    assert curves.step.tolist() == [2, 4]
+    assert np.isclose(curves.loss_description.iloc[0], raw.loss_description.iloc[:2].mean(), atol=1e-5)
+    both = stage_curves([log, log], window=2)
+    assert both.stage.tolist() == [1, 1, 2, 2] and both.step.tolist() == [2, 4, 6, 8]

@@ -104,10 +104,14 @@ FIGURES = {
         {"toy": (pd.DataFrame({"layer": np.arange(8), "v": np.linspace(0.2, 0.9, 8), "span": "image"}), 8),
          "toy-smollm": (pd.DataFrame({"layer": np.arange(30), "v": np.linspace(0.9, 0.1, 30), "span": "image"}), 30)},
         y="v", panel="span", ylabel="share (0-1)", paper_bands={"early": (0, 5)}, paper_values={"image": (0.6, "x")}),
+    "f1_bars_by_model": lambda: side_by_side.f1_bars({m: _ci(pd.DataFrame(
+        [{"kind": k, "scope": s, "mean": v} for k, v in zip(KINDS, means) for s in ("all", "outside")]))
+        for m, means in (("toy", [0.97, 0.9, 0.95]), ("toy-smollm", [0.5, 0.1, 0.05]))},
+        paper={"img->gen": 0.4, "img->query": 0.0, "img->query+gen": 0.0}),
     "invariant_matrix": lambda: supported.invariant_matrix(pd.DataFrame(
         {"own_generate": ["\u2713", "\u2717"], "geometry": ["n/a", "\u2713"]}, index=["llava", "gemma3"])),
 }
-WITH_LEGEND = ["by_depth", "invariant_matrix", "fractions_by_layer", "token_vs_attention", "f1_bars", "f1_by_start_layer", "localization_by_layer",
+WITH_LEGEND = ["by_depth", "f1_bars_by_model", "invariant_matrix", "fractions_by_layer", "token_vs_attention", "f1_bars", "f1_by_start_layer", "localization_by_layer",
                "f1_by_k", "table1_bars", "reprompt_cost", "training_curves"]
 
 

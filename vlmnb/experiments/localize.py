@@ -44,7 +44,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -55,7 +55,9 @@ from vlmnb.engine.vlm import Generation, token_offsets
 from vlmnb.experiments.localization_stats import (ROW_CHOICES, accuracy_by_layer, accuracy_by_window, chance,
                                                   claims, closing_note, layer_windows, localization_claims,
                                                   map_window, paper_table, rows_comparison, select, window_size)
-from vlmnb.experiments.sweep import descriptions
+from vlmnb.experiments import localization_stats
+from vlmnb.experiments.sweep import Config, descriptions
+from vlmnb.experiments.sweep import run as run_sweep
 from vlmnb.experiments.units import key, run_units
 from vlmnb.judge import compare_many, get_judge
 
@@ -65,6 +67,7 @@ __all__ = [
     "within_one_token", "chance_level", "localize", "run", "measure", "select", "accuracy_by_layer",
     "accuracy_by_window", "layer_windows", "window_size", "chance", "claims", "localization_claims",
     "replay", "gallery_items", "map_window", "rows_comparison", "paper_table", "closing_note", "ROW_CHOICES",
+    "study", "LocalizationStudy",
 ]
 
 CONFIG = "localization"  # the store's ``config`` column for this chapter's units
@@ -468,3 +471,56 @@ def gallery_items(frame: pd.DataFrame, kept: pd.DataFrame, samples: Sequence, ma
                       "text": detail.text, "span": (detail.start, detail.end), "image_id": r.image_id})
         per_image[r.image_id] += 1
     return items
+
+
+@dataclass
+class LocalizationStudy:
+    """Chapter 3's experiment on one model: the sweep's rows, the fine details found, their
+    measurements, the details kept, accuracy by layer and by window of layers, the chance level,
+    the layers the gallery maps average (and why), and the store of the measurements."""
+
+    frame: pd.DataFrame
+    details: pd.DataFrame
+    measured: pd.DataFrame
+    kept: pd.DataFrame
+    by_layer: pd.DataFrame
+    by_window: pd.DataFrame
+    chance: dict
+    n_kept: int
+    map_window: tuple[int, int]
+    why: str
+    detail_store: Any
+
+    def claims(self, n_layers: int, paper_accuracy: float | None = None) -> pd.DataFrame:
+        """:func:`claims` of this study."""
+        kw = {} if paper_accuracy is None else {"paper_accuracy": paper_accuracy}
+        return claims(self.by_window, self.chance, n_layers, **kw)
+
+
+def study(vlm, samples: Sequence, sweep_store, detail_store: Callable[[tuple[int, int]], Any], *, judge: Any = None,
+          masks: Any = "auto", images: Any = "toy", mask_cache: str | None = None, which: str = "producing",
+          layer_window: int | str = "auto", map_window: tuple[int, int] | str = "auto", reject: Any = None,
+          prompt: str = "describe the image", max_new_tokens: int = 64) -> LocalizationStudy:
+    """Chapter 3's steps on ``vlm``: the baseline and ``img->gen`` descriptions (into
+    ``sweep_store``), the fine details lost without direct access to the image, the window of
+    layers the gallery maps average (``"auto"``: :func:`map_window`), every detail measured for both
+    row choices (into ``detail_store(map_window)``: the measurements' store depends on the window),
+    the details kept (:func:`select`, ``reject``) and accuracy by layer and by window for ``which``."""
+    frame = run_sweep(vlm, samples, [Config("baseline"), Config("img->gen")], sweep_store, prompt=prompt,
+                      max_new_tokens=max_new_tokens)
+    details = fine_details(frame, judge=judge)
+    if map_window == "auto":
+        map_window, why = localization_stats.map_window(vlm.name, frame, vlm.num_layers)
+    else:
+        why = "given as a parameter"
+    map_window = tuple(map_window)
+    source = mask_source(masks, images=images, cache_dir=mask_cache)
+    store = detail_store(map_window)
+    both = [which] + [w for w in ROW_CHOICES if w != which]
+    measured = run(vlm, samples, details, source, store, prompt=prompt, max_new_tokens=max_new_tokens, which=both,
+                   map_layers=range(map_window[0], map_window[1] + 1))
+    kept, _ = select(measured, reject=reject)
+    n_kept = kept[kept.metric == "chance"].drop_duplicates(["image_id", "detail", "occurrence"]).shape[0]
+    return LocalizationStudy(frame, details, measured, kept, accuracy_by_layer(kept, rows=which),
+                             accuracy_by_window(kept, vlm.num_layers, layer_window, rows=which), chance(kept),
+                             n_kept, map_window, why, store)

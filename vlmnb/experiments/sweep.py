@@ -401,19 +401,62 @@ def knockout_claims(all_summary: pd.DataFrame, from_summary: pd.DataFrame, n_lay
         for kind in KINDS:
             r = get(kind, "outside")
             if r is not None:
-                rows.append({"claim": f"KO {kind} outside layers {window[0]}-{window[1]} keeps the description",
+                # the window is each model's own: it goes with the value, the claim reads the same for all
+                rows.append({"claim": f"KO {kind} outside a middle window keeps the description",
                              "paper": f"F1 {f1_low}-{f1_high} (window {a}-{b} of {paper.DEPTH})",
-                             "ours": f"{r['mean']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]",
+                             "ours": f"{r['mean']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] "
+                                     f"(window {window[0]}-{window[1]} of {n_layers})",
                              "held": bool(r["mean"] >= f1_low)})
     lo, hi = paper.rise_layers(n_layers)
     for kind in KINDS:
         layer = rise_layer(from_summary, kind)
         if kind in set(from_summary.kind):
             rows.append({"claim": f"KO {kind} from layer l: F1 rises in the middle layers",
-                         "paper": f"sharp rise between layers {rise[0]} and {rise[1]} of {paper.DEPTH} (here {lo}-{hi})",
-                         "ours": "never reaches 0.5" if layer is None else f"F1 >= 0.5 from layer {layer}",
+                         "paper": f"sharp rise between layers {rise[0]} and {rise[1]} of {paper.DEPTH}",
+                         "ours": ("never reaches 0.5" if layer is None else f"F1 >= 0.5 from layer {layer}")
+                                 + f" (the paper's layers at this depth: {lo}-{hi} of {n_layers})",
                          "held": layer is not None and lo <= layer <= hi})
     return pd.DataFrame(rows)
+
+
+@dataclass
+class KnockoutStudy:
+    """Chapter 2's experiment on one model: the rows generated, their scores, mean F1 for all
+    layers / outside the window (``summary``) and by starting layer (``from_summary``), the
+    window kept open and why, and the judge's name."""
+
+    frame: pd.DataFrame
+    scores: pd.DataFrame
+    summary: pd.DataFrame
+    from_summary: pd.DataFrame
+    window: tuple[int, int]
+    why: str
+    judge_name: str
+
+    def claims(self, n_layers: int) -> pd.DataFrame:
+        """:func:`knockout_claims` of this study."""
+        return knockout_claims(self.summary, self.from_summary, n_layers, self.window)
+
+
+def knockout_study(vlm, samples: Sequence, store: ResultStore, *, stride: int = 1,
+                   window: tuple[int, int] | str = "auto", judge: Any = None, prompt: str = "describe the image",
+                   max_new_tokens: int = 64) -> KnockoutStudy:
+    """The baseline, the window (``"auto"``: :func:`choose_window`), every knockout configuration
+    (:func:`knockout_configs` with ``stride``), their scores and summaries: chapter 2 on ``vlm``."""
+    kw = dict(prompt=prompt, max_new_tokens=max_new_tokens)
+    frame = run(vlm, samples, [Config("baseline")], store, **kw)
+    if window == "auto":
+        window, why = choose_window(vlm.name, frame, vlm.num_layers)
+    else:
+        why = "given as a parameter"
+    window = tuple(window)
+    configs = knockout_configs(vlm.num_layers, stride=stride, window=window)
+    frame = run(vlm, samples, configs, store, **kw)
+    scores = score(frame, configs, judge=judge)
+    summary = summarize_scores(scores[scores.scope.isin(["all", "outside"])], by=("kind", "scope"))
+    from_scores = scores[scores.scope.isin(["all", "from"])].assign(start=lambda d: d.start.fillna(0).astype(int))
+    from_summary = summarize_scores(from_scores, by=("kind", "start"))
+    return KnockoutStudy(frame, scores, summary, from_summary, window, why, str(scores.judge.iloc[0]))
 
 
 # ----------------------------------------------------------------------------- top-k (chapter 4)

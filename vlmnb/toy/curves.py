@@ -1,4 +1,5 @@
-"""Training curves of the toy: per-task answer losses read from a training log (``log.jsonl``)."""
+"""Training curves of the embedded models: per-task answer losses read from a training log
+(the toy's ``log.jsonl``, toy-smollm's ``log.csv``)."""
 from __future__ import annotations
 
 import json
@@ -17,14 +18,17 @@ CURVE_COLUMNS = {
 
 
 def training_curves(log_jsonl: str | Path, window: int = 50) -> pd.DataFrame:
-    """Per-task answer losses of a training log (``log.jsonl``), averaged over windows of
+    """Per-task answer losses of a training log (the toy's ``log.jsonl`` or toy-smollm's
+    ``log.csv``), averaged over windows of
     ``window`` steps: one row per window (``step`` = its last step). Description and look-up
     columns are the mean loss per answer token; yes/no columns are the loss of the first answer
     token ("yes"/"no") alone, whose chance level is ln 2."""
-    rows = [json.loads(line) for line in Path(log_jsonl).read_text().splitlines() if line.strip()]
-    if not rows:
+    if Path(log_jsonl).suffix == ".csv":  # toy-smollm's log (vlmnb.toy.train_smollm)
+        frame = pd.read_csv(log_jsonl)
+    else:
+        frame = pd.DataFrame([json.loads(line) for line in Path(log_jsonl).read_text().splitlines() if line.strip()])
+    if frame.empty:
         raise ValueError(f"{log_jsonl} has no training steps")
-    frame = pd.DataFrame(rows)
     frame["window"] = (frame["step"] - 1) // window
     columns = [c for c in CURVE_COLUMNS if c in frame]
     out = frame.groupby("window").agg({"step": "max", "lr": "last", **{c: "mean" for c in columns}})

@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlmnb.core.usage import UsageError
 from vlmnb.views import figure_data
 
-__all__ = ["publish", "Downloads", "Download", "DIR_ENV", "URL_ENV", "LINK_CLASS", "PARAMS_KEY"]
+__all__ = ["publish", "Downloads", "Download", "DIR_ENV", "URL_ENV", "LINK_CLASS", "PARAMS_KEY", "CLAIMS_FILE"]
 
 #: environment variables the book runner sets: where the files go, and that folder as seen from a page
 DIR_ENV = "VLMNB_DOWNLOADS_DIR"
@@ -38,6 +39,8 @@ DEFAULT_DIR = "downloads"
 #: CSS class of each download link (the browser test follows them)
 LINK_CLASS = "vlmnb-download"
 PARAMS_KEY = b"vlmnb.params"
+#: the file of a chapter's claims table (read back by :mod:`vlmnb.views.findings`)
+CLAIMS_FILE = "claims.csv"
 
 
 @dataclass
@@ -84,11 +87,14 @@ def _write_store(store, folder: Path) -> Download:
     return Download(name, f"{what}, every row (Parquet)", len(frame), list(frame.columns))
 
 
-def publish(chapter: str, stores: Iterable = (), *, folder: str | os.PathLike | None = None,
-            url: str | None = None) -> Downloads:
-    """Write the chapter's result ``stores`` (Parquet) and the numbers of every figure drawn in
-    this process (CSV, :func:`vlmnb.views.figure_data.drawn`) into ``folder/chapter/``, replacing
-    what an earlier run left there; returns the links (``url/chapter/<file>``)."""
+def publish(chapter: str, stores: Iterable = (), *, claims: pd.DataFrame | None = None,
+            folder: str | os.PathLike | None = None, url: str | None = None) -> Downloads:
+    """Write the chapter's result ``stores`` (Parquet), the numbers of every figure drawn in
+    this process (CSV, :func:`vlmnb.views.figure_data.drawn`) and its ``claims`` table (CSV,
+    :data:`CLAIMS_FILE`: the verdicts on the paper's claims, per model, as
+    :func:`vlmnb.views.side_by_side.claims` writes them; the book's first page sums them up) into
+    ``folder/chapter/``, replacing what an earlier run left there; returns the links
+    (``url/chapter/<file>``)."""
     if not chapter or "/" in chapter or chapter.startswith("."):
         raise UsageError(f"chapter must be a plain name such as '02_knockout', got {chapter!r}")
     base = Path(folder or os.environ.get(DIR_ENV) or DEFAULT_DIR)
@@ -98,6 +104,10 @@ def publish(chapter: str, stores: Iterable = (), *, folder: str | os.PathLike | 
         shutil.rmtree(target)  # files of an earlier run with other figures must not linger
     target.mkdir(parents=True)
     files = [_write_store(store, target) for store in stores]
+    if claims is not None:
+        claims.to_csv(target / CLAIMS_FILE, index=False)
+        files.append(Download(CLAIMS_FILE, "the paper's claims and whether each held, per model", len(claims),
+                              list(claims.columns)))
     for stem, table in figure_data.drawn():
         name = f"{stem}.csv"
         table.to_csv(target / name, index=False)

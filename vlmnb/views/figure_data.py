@@ -28,6 +28,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "training_curves": ("step", "stage", "curve", "loss"),
     "invariant_matrix": ("family", "invariant", "status"),
     "by_depth": ("model", "panel", "layer", "relative_depth", "value"),
+    "f1_bars_by_model": ("model", "kind", "scope", "mean", "ci_low", "ci_high"),
 }
 
 _drawn: list[tuple[str, pd.DataFrame]] = []

@@ -19,14 +19,18 @@ from vlmnb.experiments.paper import DEPTH
 from vlmnb.views.figure_data import record
 from vlmnb.views.plots import MODEL_COLORS, PAPER_COLOR, figure, legend_below, paper_line
 
-__all__ = ["claims", "verdict", "relative_depth", "by_depth", "MODEL_COLORS"]
+__all__ = ["claims", "verdict", "relative_depth", "by_depth", "f1_bars", "table1"]
 
 
 
 def verdict(held) -> str:
-    """How a table cell reads a claim's outcome: "held", "not held", or "n/a" when it could not be checked."""
+    """How a table cell reads a claim's outcome: "held", "not held", "n/a" when it could not be
+    checked, or the claims table's own words when it gives a reason instead of a verdict (e.g.
+    "n/a (different model and data)")."""
     if held is None or (isinstance(held, float) and np.isnan(held)):
         return "n/a"
+    if isinstance(held, str):
+        return {"true": "held", "false": "not held"}.get(held.strip().lower(), held)
     return "held" if bool(held) else "not held"
 
 
@@ -104,14 +108,69 @@ def by_depth(curves: Mapping[str, tuple[pd.DataFrame, int]], *, y: str, ylabel: 
         if ylim is not None:
             ax.set_ylim(*ylim)
     axes[0][0].set_ylabel(ylabel)
-    xlabel = "relative depth (0 = first decoder layer, 1 = last)"
-    if len(panels) == 1:
-        axes[0][0].set_xlabel(xlabel)
-    else:
-        fig.supxlabel(xlabel, fontsize=10)
+    for ax in axes[0]:
+        ax.set_xlabel("relative depth (0 = first layer, 1 = last)" if len(panels) == 1 else "relative depth\n(layer / last layer)")
     record("by_depth", pd.concat(numbers, ignore_index=True) if numbers else
            pd.DataFrame(columns=["model", "panel", "layer", "relative_depth", "value"]))
     legend_below(fig)  # one legend for all panels: the same models everywhere
     if title:
         fig.suptitle(title)
     return fig
+
+
+def f1_bars(summaries: Mapping[str, pd.DataFrame], paper: Mapping[str, float] | None = None, title: str = ""):
+    """Fig. 2e for several models: mean F1 (95% interval) per knockout kind, one colour per model,
+    plain bars for "all layers" and hatched ones for "outside the middle window" (each model's own
+    window). ``summaries``: model name -> rows with kind, scope, mean, ci_low, ci_high; ``paper``:
+    kind -> the F1 the paper reports for all layers (purple ticks)."""
+    kinds = [k for k in ("img->gen", "img->query", "img->query+gen")
+             if any(k in set(s.kind) for s in summaries.values())]
+    bars = [(name, scope) for name in summaries for scope in ("all", "outside")]
+    width = 0.8 / max(1, len(bars))
+    fig, ax = figure(height=3.8, layout="constrained")
+    x = np.arange(len(kinds))
+    numbers = []
+    for j, ((name, scope), color) in enumerate(zip(bars, np.repeat(MODEL_COLORS[:len(summaries)], 2))):
+        sub = summaries[name]
+        sub = sub[sub.scope == scope].set_index("kind").reindex(kinds)
+        if sub["mean"].isna().all():
+            continue
+        err = np.vstack([sub["mean"] - sub["ci_low"], sub["ci_high"] - sub["mean"]])
+        ax.bar(x - 0.4 + width * (j + 0.5), sub["mean"], width, yerr=err, capsize=2, color=color, edgecolor="white",
+               hatch=None if scope == "all" else "//",
+               label=f"{name}: " + ("all layers" if scope == "all" else "outside the middle window"))
+        numbers.append(pd.DataFrame({"model": name, "kind": kinds, "scope": scope, "mean": sub["mean"].to_numpy(),
+                                     "ci_low": sub["ci_low"].to_numpy(), "ci_high": sub["ci_high"].to_numpy()}))
+    for i, kind in enumerate(kinds):
+        if paper and kind in paper:
+            paper_tick = ax.plot([i - 0.4, i + 0.4], [paper[kind]] * 2, color=PAPER_COLOR, lw=2.5, ls="--")[0]
+            if i == 0:
+                paper_tick.set_label("paper, all layers (InternVL2-76B)")
+    record("f1_bars_by_model", pd.concat(numbers, ignore_index=True) if numbers else
+           pd.DataFrame(columns=["model", "kind", "scope", "mean", "ci_low", "ci_high"]))
+    ax.set_xticks(x, kinds)
+    ax.set_xlabel("image tokens hidden from")
+    ax.set_ylabel("F1 vs. baseline description")
+    ax.set_ylim(0, 1.05)
+    legend_below(fig)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def table1(tables: Mapping[str, pd.DataFrame], columns=(("Average", "ACC"), ("Average", "ACC+"),
+                                                         ("Reprompt", "#Tokens"))) -> pd.DataFrame:
+    """Table 1 for several models (and the paper): name -> a table in
+    :func:`vlmnb.experiments.reprompt.table1`'s layout. One row per method (in order of first
+    appearance; a method a model did not run is left empty), and per model its ``columns``."""
+    rows: list[str] = []
+    for table in tables.values():
+        rows += [m for m in table.index if m not in rows]
+    parts = {}
+    for name, table in tables.items():
+        for col in columns:
+            if col in table.columns:
+                parts[(name, " ".join(col) if col[0] != "Average" else col[1])] = table[col].reindex(rows)
+    out = pd.DataFrame(parts, index=rows)
+    out.columns = pd.MultiIndex.from_tuples(out.columns)
+    return out
