@@ -17,11 +17,19 @@ class Findings(Directive):
 
         env = self.state.document.settings.env
         folder = Path(env.srcdir) / DOWNLOADS
-        for path in sorted(folder.glob("*/claims.csv")):
-            env.note_dependency(str(path))  # a chapter run again redraws this page
-        return [nodes.raw("", summary_html(collect(folder)), format="html")]
+        # re-read on every build: chapters that run later publish claims this page has not seen
+        docs = getattr(env, "vlmnb_findings_docs", set())
+        docs.add(env.docname)
+        env.vlmnb_findings_docs = docs
+        # the chapters' pages sit in chapters/ beside this page (book/intro)
+        return [nodes.raw("", summary_html(collect(folder), link="chapters/"), format="html")]
+
+
+def _always_outdated(app, env, added, changed, removed):
+    return sorted(getattr(env, "vlmnb_findings_docs", set()) - set(removed))
 
 
 def setup(app):
     app.add_directive("findings", Findings)
+    app.connect("env-get-outdated", _always_outdated)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

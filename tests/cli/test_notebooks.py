@@ -80,6 +80,11 @@ def test_book_chapters_executed_cleanly_on_the_embedded_model(built_book):
         # the book runner keeps tqdm's "IProgress not found" warning (with a local path) out
         streams = "".join(str(o.get("text", "")) for o in _outputs(nbformat.read(path, as_version=4)))
         assert "TqdmWarning" not in streams and "site-packages" not in streams, path.name
+    # the first page sums up every chapter's verdicts, per model
+    intro = (built_book / "_build" / "html" / "book" / "intro.html").read_text()
+    table = intro[intro.index('class="vlmnb-findings"'):intro.index("</table>", intro.index("vlmnb-findings"))]
+    assert "<th>toy</th><th>toy-smollm</th>" in table
+    assert all(f'href="chapters/{chapter}.html"' in table for chapter in OTHER_FAMILY)
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,8 @@ def test_published_claims_come_back_in_chapter_order(tmp_path):
     page = findings.summary_html(table)
     assert page.count("<tr>") == 5 and "vlmnb-not-held" in page and "<small>0.85</small>" in page
     assert page.index("01_attention_fractions") < page.index("02_knockout")
+    linked = findings.summary_html(table, link="chapters/")
+    assert '<a href="chapters/02_knockout.html">02_knockout</a>' in linked
 
 
 def test_no_chapter_run_yet_and_a_broken_file(tmp_path):

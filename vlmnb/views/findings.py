@@ -42,9 +42,9 @@ def models_in(findings: pd.DataFrame) -> list[str]:
     return [c[:-len(":" + HELD)] for c in findings.columns if c.endswith(":" + HELD)]
 
 
-def summary_html(findings: pd.DataFrame, chapter_titles: dict[str, str] | None = None) -> str:
-    """An HTML table: per finding, its chapter, the paper's number, and per model whether it held
-    (with the measured value under it)."""
+def summary_html(findings: pd.DataFrame, chapter_titles: dict[str, str] | None = None, link: str | None = None) -> str:
+    """An HTML table: per finding, its chapter (a link to ``<link><chapter>.html`` when ``link``
+    is given), the paper's number, and per model whether it held (with the measured value under it)."""
     if findings.empty:
         return "<p>No chapter has been run yet: run <code>make book</code> to fill this table.</p>"
     models = models_in(findings)
@@ -52,7 +52,10 @@ def summary_html(findings: pd.DataFrame, chapter_titles: dict[str, str] | None =
     rows = []
     for r in findings.to_dict("records"):
         title = (chapter_titles or {}).get(r["chapter"], r["chapter"])
-        cells = [html.escape(title), html.escape(r["claim"]), html.escape(r["paper"])]
+        chapter = html.escape(title)
+        if link is not None:
+            chapter = f'<a href="{html.escape(link + r["chapter"], quote=True)}.html">{chapter}</a>'
+        cells = [chapter, html.escape(r["claim"]), html.escape(r["paper"])]
         for m in models:
             verdict, value = r.get(f"{m}:{HELD}", ""), r.get(m, "")
             css = {"held": "vlmnb-held", "not held": "vlmnb-not-held"}.get(verdict, "vlmnb-na")
