@@ -107,6 +107,18 @@ def paper_line(ax, y: float, label: str, orientation: str = "h", **kw):
     return ax.axvline(y, label=f"paper: {label}", **kw)
 
 
+def finish_f1_axes(fig, ax, xlabel: str, title: str = "", ylabel: str = "F1 vs. baseline description"):
+    """The end of every F1 figure: axis labels, F1 from 0 to 1 (with room for a full score), the
+    legend under the axes, the title."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.05)
+    legend_below(fig)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
 def image_heatmap(ax, image, geometry, values, *, view: int | None = None, alpha: float = 0.55,
                   mark_peak: bool = True, mask=None, cmap: str = "magma", title: str | None = None):
     """Draw per-image-token ``values`` over the image through the token ``geometry``.
@@ -306,14 +318,8 @@ def f1_by_start_layer(summary, n_layers: int, paper_rise: tuple[int, int] | None
         ax.axvspan(paper_rise[0], paper_rise[1], color=PAPER_COLOR, alpha=0.08,
                    label="paper: sharp rise (layers 20-40 of 80, rescaled)")
     ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
-    ax.set_xlabel("knockout from layer l on (0-based)")
-    ax.set_ylabel("F1 vs. baseline description")
     ax.set_xlim(-0.5, n_layers - 0.5)
-    ax.set_ylim(0, 1.05)
-    legend_below(fig)
-    if title:
-        ax.set_title(title)
-    return fig
+    return finish_f1_axes(fig, ax, "knockout from layer l on (0-based)", title)
 
 
 # --- chapter 3: localisation of fine details (owned by the localisation chapter)
@@ -463,13 +469,8 @@ def f1_by_k(summary, n_image: int, paper_plateau_k: float | None = 0.05, paper_f
     ks = np.array(sorted(all_ks))
     ax.set_xticks(ks * 100, [f"{k * 100:g}%\n{max(1, int(round(k * n_image)))} tok" for k in ks])
     ax.xaxis.set_minor_locator(mpl.ticker.NullLocator())
-    ax.set_xlabel(f"image tokens kept per layer (of {n_image})")
-    ax.set_ylabel("F1 vs. full-image description")
-    ax.set_ylim(0, 1.05)
-    legend_below(fig)
-    if title:
-        ax.set_title(title)
-    return fig
+    return finish_f1_axes(fig, ax, f"image tokens kept per layer (of {n_image})", title,
+                          ylabel="F1 vs. full-image description")
 
 
 def table1_bars(ours, paper=None, title: str = ""):

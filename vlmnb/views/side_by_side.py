@@ -17,7 +17,7 @@ import pandas as pd
 
 from vlmnb.experiments.paper import DEPTH
 from vlmnb.views.figure_data import record
-from vlmnb.views.plots import MODEL_COLORS, PAPER_COLOR, figure, legend_below, paper_line
+from vlmnb.views.plots import MODEL_COLORS, PAPER_COLOR, figure, finish_f1_axes, legend_below, paper_line
 
 __all__ = ["claims", "verdict", "relative_depth", "by_depth", "f1_bars", "table1"]
 
@@ -149,13 +149,7 @@ def f1_bars(summaries: Mapping[str, pd.DataFrame], paper: Mapping[str, float] | 
     record("f1_bars_by_model", pd.concat(numbers, ignore_index=True) if numbers else
            pd.DataFrame(columns=["model", "kind", "scope", "mean", "ci_low", "ci_high"]))
     ax.set_xticks(x, kinds)
-    ax.set_xlabel("image tokens hidden from")
-    ax.set_ylabel("F1 vs. baseline description")
-    ax.set_ylim(0, 1.05)
-    legend_below(fig)
-    if title:
-        ax.set_title(title)
-    return fig
+    return finish_f1_axes(fig, ax, "image tokens hidden from", title)
 
 
 def table1(tables: Mapping[str, pd.DataFrame], columns=(("Average", "ACC"), ("Average", "ACC+"),
