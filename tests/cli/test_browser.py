@@ -24,7 +24,7 @@ need_chromium()
 
 from vlmnb.data.store import ResultStore  # noqa: E402
 from vlmnb.views import figure_data, tables  # noqa: E402
-from vlmnb.views.downloads import LINK_CLASS  # noqa: E402
+from vlmnb.views.downloads import CLAIMS_FILE, LINK_CLASS  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
@@ -253,6 +253,10 @@ def test_every_chapter_links_its_results_for_download(built_book, browser, site)
                 frame = pd.read_parquet(body)
                 stored = ResultStore.open(built_book / "runs" / chapter / name[:-len(".parquet")]).frame()
                 assert len(frame) == len(stored) > 0 and list(frame.columns) == list(stored.columns), name
+            elif name == CLAIMS_FILE:  # the claims table, per model (the first page's findings read it)
+                frame = pd.read_csv(body)
+                assert list(frame.columns[:2]) == ["claim", "paper"] and len(frame) > 0, (chapter, name)
+                assert any(c.endswith(": held") for c in frame.columns), (chapter, list(frame.columns))
             else:
                 assert name.endswith(".csv"), name
                 frame = pd.read_csv(body)
