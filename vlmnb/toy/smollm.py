@@ -19,8 +19,10 @@ a user turn may hold an image: ``<|im_start|>user\\n<image>\\n{question}<|im_end
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -84,11 +86,15 @@ def load_language_model(dtype: torch.dtype = torch.float32):
     from transformers.utils import logging as hf_logging
 
     quiet = not progress_enabled() and hf_logging.is_progress_bar_enabled()
-    if quiet:  # transformers draws its own bar while it dequantises
+    if quiet:
         hf_logging.disable_progress_bar()
+    # transformers' dequantising loop draws a plain tqdm bar that no switch turns off: with the
+    # package's bars off (the book), its stderr goes nowhere
+    muted = contextlib.redirect_stderr(io.StringIO()) if not progress_enabled() else contextlib.nullcontext()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        lm = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+        with muted:
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            lm = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
     finally:
         if quiet:
             hf_logging.enable_progress_bar()
@@ -399,8 +405,9 @@ def export_pretrained(weights_dir: str | Path, out: str | Path | None = None, lm
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
+    with contextlib.redirect_stderr(io.StringIO()) if not progress_enabled() else contextlib.nullcontext():
+        model.save_pretrained(tmp)  # (transformers' "Writing model shards" bar)
+        processor.save_pretrained(tmp)
     (tmp / ".weights_sha").write_text(digest + "\n")
     if out.exists():
         shutil.rmtree(out)
